@@ -120,9 +120,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
         if self.activation_function not in ACTIVATIONS:
-            raise ValueError(
-                f"`activation_function` must be one of {ACTIVATIONS}, got {self.activation_function!r}."
-            )
+            raise ValueError(f"`activation_function` must be one of {ACTIVATIONS}, got {self.activation_function!r}.")
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise ValueError(
                 f"`position_embedding_type` must be one of {POSITION_EMBEDDING_TYPES}, "

@@ -1,0 +1,684 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), as a transformers model.
+
+The post-LN encoder-decoder of §3 exactly: scaled embeddings shared three ways (§3.4), interleaved sinusoidal
+positions (§3.5), scaled dot-product multi-head attention (§3.2), ReLU feed-forward networks (§3.3) and
+LayerNorm(x + Dropout(Sublayer(x))) around every sub-layer (§3.1, §5.4).
+
+This file is copied into every saved model folder as remote code, so it imports only torch, transformers and
+its configuration (flat relative import).
+
+Shape letters: B batch, S source length, T target length, H heads, D head dim, C = d_model, V vocabulary.
+"""
+
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.generation import GenerationMixin, LogitsProcessor, LogitsProcessorList
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+
+from .configuration_vanilla_transformer import VanillaTransformerConfig
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: the outputs "shifted right by one position" (§3.1)."""
+    shifted = labels.new_full(labels.shape, decoder_start_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def sinusoids(positions: torch.Tensor, d_model: int) -> torch.Tensor:
+    """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))."""
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, device=positions.device, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+    )
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, C/2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (T, C): sin, cos interleaved
+
+
+class VanillaTransformerSinusoidalPositionalEmbedding(nn.Module):
+    """Fixed sinusoidal positions of §3.5, for any length.
+
+    Note: computed on the fly rather than read from a table. It costs T x C/2 sin/cos, nothing next to a layer,
+    works beyond `max_position_embeddings` and leaves no buffer for `from_pretrained` to refill with garbage.
+    """
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.d_model = config.d_model
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return sinusoids(position_ids, self.d_model)
+
+
+class VanillaTransformerLearnedPositionalEmbedding(nn.Embedding):
+    """Learned positional embeddings, Table 3 row (E): one vector per position up to `max_position_embeddings`."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config.max_position_embeddings, config.d_model)
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        if position_ids[-1] >= self.num_embeddings:
+            raise ValueError(
+                f"Sequence of length {int(position_ids[-1]) + 1} is longer than max_position_embeddings="
+                f"{self.num_embeddings} of this model's learned positions; truncate the input or use "
+                "position_embedding_type='sinusoidal'."
+            )
+        return super().forward(position_ids)
+
+
+POSITIONAL_EMBEDDINGS = {
+    "sinusoidal": VanillaTransformerSinusoidalPositionalEmbedding,
+    "learned": VanillaTransformerLearnedPositionalEmbedding,
+}
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention, §3.2.1: Attention(Q, K, V) = softmax(QK^T / sqrt(d_k)) V."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if attention_mask is not None:
+        scores = scores + attention_mask  # -inf where masked (padding, or future positions in the decoder)
+    weights = nn.functional.softmax(scores, dim=-1)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
+    return output, weights
+
+
+class VanillaTransformerAttention(nn.Module):
+    """Multi-head attention, §3.2.2: MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O."""
+
+    def __init__(
+        self, config: VanillaTransformerConfig, num_heads: int, is_causal: bool, layer_idx: int | None = None
+    ):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.d_model // num_heads  # d_k = d_v = d_model / h
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_causal = is_causal  # read by the sdpa/flash kernels when no mask is given
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        is_cross_attention = key_value_states is not None
+        batch, length = hidden_states.shape[:2]
+        query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+        layer_cache = None
+        if cache is not None:
+            layer_cache = cache.cross_attention_cache if is_cross_attention else cache.self_attention_cache
+        if is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx):
+            # The source does not change while decoding: its keys and values are projected once per sentence.
+            key = layer_cache.layers[self.layer_idx].keys
+            value = layer_cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if is_cross_attention else hidden_states
+            kv_shape = (batch, source.shape[1], -1, self.head_dim)
+            key = self.k_proj(source).view(kv_shape).transpose(1, 2)  # (B, H, S, D)
+            value = self.v_proj(source).view(kv_shape).transpose(1, 2)  # (B, H, S, D)
+            if layer_cache is not None:
+                key, value = layer_cache.update(key, value, self.layer_idx)
+                if is_cross_attention:
+                    cache.is_updated[self.layer_idx] = True
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        output = self.out_proj(output.reshape(batch, length, -1))  # (B, T, C)
+        return output, weights
+
+
+class VanillaTransformerFeedForward(nn.Module):
+    """Position-wise feed-forward network, §3.3: FFN(x) = max(0, x W1 + b1) W2 + b2."""
+
+    def __init__(self, config: VanillaTransformerConfig, ffn_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.activation = nn.ReLU() if config.activation_function == "relu" else nn.GELU()
+        self.activation_dropout = config.activation_dropout
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation(self.fc1(hidden_states))
+        hidden_states = nn.functional.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        return self.fc2(hidden_states)
+
+
+class VanillaTransformerEncoderLayer(GradientCheckpointingLayer):
+    """Encoder layer, §3.1: self-attention then FFN, each as LayerNorm(x + Dropout(Sublayer(x)))."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.dropout = config.dropout
+        self.self_attn = VanillaTransformerAttention(config, config.encoder_attention_heads, is_causal=False)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.ffn = VanillaTransformerFeedForward(config, config.encoder_ffn_dim)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        residual = hidden_states
+        hidden_states, self_attn_weights = self.self_attn(hidden_states, attention_mask=attention_mask)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = self.self_attn_layer_norm(residual + hidden_states)
+
+        residual = hidden_states
+        hidden_states = self.ffn(hidden_states)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = self.final_layer_norm(residual + hidden_states)
+        return hidden_states, self_attn_weights
+
+
+class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
+    """Decoder layer, §3.1: masked self-attention, encoder-decoder attention, FFN, each post-LN."""
+
+    def __init__(self, config: VanillaTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.dropout = config.dropout
+        heads = config.decoder_attention_heads
+        self.self_attn = VanillaTransformerAttention(config, heads, is_causal=True, layer_idx=layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.encoder_attn = VanillaTransformerAttention(config, heads, is_causal=False, layer_idx=layer_idx)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.ffn = VanillaTransformerFeedForward(config, config.decoder_ffn_dim)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        cache: EncoderDecoderCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        residual = hidden_states
+        hidden_states, self_attn_weights = self.self_attn(hidden_states, attention_mask=attention_mask, cache=cache)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = self.self_attn_layer_norm(residual + hidden_states)
+
+        residual = hidden_states
+        hidden_states, cross_attn_weights = self.encoder_attn(
+            hidden_states, key_value_states=encoder_hidden_states, attention_mask=encoder_attention_mask, cache=cache
+        )
+        hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = self.encoder_attn_layer_norm(residual + hidden_states)
+
+        residual = hidden_states
+        hidden_states = self.ffn(hidden_states)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = self.final_layer_norm(residual + hidden_states)
+        return hidden_states, self_attn_weights, cross_attn_weights
+
+
+class VanillaTransformerPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the flags transformers reads (attention kernels, checkpointing, caching).
+
+    Note: the paper does not give its initialisation. We follow its reference code (tensor2tensor, as fairseq
+    does): Xavier-uniform projections with zero biases, and embeddings drawn from N(0, d_model^-0.5) so that
+    after the sqrt(d_model) scale (§3.4) they have unit variance, the scale of the sinusoids. Setting
+    `config.init_std` gives transformers' N(0, init_std) for every weight matrix instead (see the model card
+    for the measured difference).
+    """
+
+    config_class = VanillaTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VanillaTransformerEncoderLayer", "VanillaTransformerDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = True
+
+    def _init_embedding(self, weight: torch.Tensor) -> None:
+        std = self.config.init_std or self.config.d_model**-0.5
+        init.normal_(weight, mean=0.0, std=std)
+        init.zeros_(weight[self.config.pad_token_id])
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, nn.Embedding):  # token and learned-position embeddings
+            self._init_embedding(module.weight)
+        elif isinstance(module, nn.Linear):
+            if std is None:
+                init.xavier_uniform_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, VanillaTransformerForConditionalGeneration):
+            # Runs after its children: the output projection is an embedding (§3.4), tied or not.
+            self._init_embedding(module.lm_head.weight)
+
+    def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, plus what a self-contained Hub repo needs beyond the model class.
+
+        `auto_map` gets `AutoModel` too (transformers records only the saved class), and the folder carries
+        our translation pipeline as a custom pipeline, since transformers 5 has none built in.
+        """
+        if self._auto_class is not None:
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": "modeling_vanilla_transformer.VanillaTransformerModel",
+            }
+        pipeline_file = Path(__file__).with_name("pipeline_vanilla_transformer.py")
+        if pipeline_file.exists():  # a remote-code copy loaded without the pipeline has none to ship
+            self.config.custom_pipelines = {
+                "translation": {
+                    "impl": "pipeline_vanilla_transformer.TranslationPipeline",
+                    "pt": ["AutoModelForSeq2SeqLM"],
+                    "type": "text",
+                }
+            }
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if pipeline_file.exists():
+            shutil.copy(pipeline_file, Path(save_directory) / pipeline_file.name)
+
+
+def _add(collected: tuple | None, item: torch.Tensor | None) -> tuple | None:
+    return None if collected is None else (*collected, item)
+
+
+class VanillaTransformerEncoder(nn.Module):
+    """The encoder stack, §3.1: N identical layers over the scaled token embeddings plus positions (§3.4, §3.5)."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.embed_positions = POSITIONAL_EMBEDDINGS[config.position_embedding_type](config)
+        self.layers = nn.ModuleList(VanillaTransformerEncoderLayer(config) for _ in range(config.encoder_layers))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> BaseModelOutput:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, S, C)
+        hidden_states = embeds + self.embed_positions(positions).to(embeds.dtype)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=embeds, attention_mask=attention_mask)
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            all_hidden_states = _add(all_hidden_states, hidden_states)
+            hidden_states, attentions = layer(hidden_states, mask)
+            all_attentions = _add(all_attentions, attentions)
+        all_hidden_states = _add(all_hidden_states, hidden_states)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class VanillaTransformerDecoder(nn.Module):
+    """The decoder stack, §3.1: N layers, masked so that position i sees only positions before it."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.embed_positions = POSITIONAL_EMBEDDINGS[config.position_embedding_type](config)
+        self.layers = nn.ModuleList(
+            VanillaTransformerDecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        past_length = cache.get_seq_length() if cache is not None else 0
+        positions = torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)
+        embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, T, C)
+        hidden_states = embeds + self.embed_positions(positions).to(embeds.dtype)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            cache=cache.self_attention_cache if cache is not None else None,
+        )
+        encoder_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=embeds,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+
+        all_hidden_states = () if output_hidden_states else None
+        all_self_attentions = () if output_attentions else None
+        all_cross_attentions = () if output_attentions else None
+        for layer in self.layers:
+            all_hidden_states = _add(all_hidden_states, hidden_states)
+            hidden_states, self_attentions, cross_attentions = layer(
+                hidden_states, causal_mask, encoder_hidden_states, encoder_mask, cache=cache
+            )
+            all_self_attentions = _add(all_self_attentions, self_attentions)
+            all_cross_attentions = _add(all_cross_attentions, cross_attentions)
+        all_hidden_states = _add(all_hidden_states, hidden_states)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            cache=cache if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_self_attentions,
+            cross_attentions=all_cross_attentions,
+        )
+
+
+class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
+    """The encoder-decoder of §3 (Figure 1) without the final linear + softmax."""
+
+    _tied_weights_keys = {  # noqa: RUF012 (transformers reads this class attribute)
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.encoder = VanillaTransformerEncoder(config)
+        self.decoder = VanillaTransformerDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.shared = value
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    def get_encoder(self) -> VanillaTransformerEncoder:
+        return self.encoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: EncoderDecoderCache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput:
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError("Pass `input_ids` (the source sentence) or precomputed `encoder_outputs`.")
+            encoder_outputs = self.encoder(
+                input_ids,
+                attention_mask,
+                output_attentions=bool(output_attentions),
+                output_hidden_states=bool(output_hidden_states),
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        if decoder_input_ids is None:
+            raise ValueError("Pass `decoder_input_ids`, or `labels` to the ForConditionalGeneration model.")
+
+        decoder_outputs = self.decoder(
+            decoder_input_ids,
+            encoder_outputs.last_hidden_state,
+            attention_mask=decoder_attention_mask,
+            encoder_attention_mask=attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            output_attentions=bool(output_attentions),
+            output_hidden_states=bool(output_hidden_states),
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+# §6.1: "beam search with a beam size of 4 and length penalty alpha = 0.6 [...] maximum output length during
+# inference to input length + 50, but terminate early when possible". `length_penalty_form` and
+# `max_length_offset` are our generation-config fields; "hf" gives stock transformers scoring.
+PAPER_DECODING = {
+    "num_beams": 4,
+    "length_penalty": 0.6,
+    "length_penalty_form": "gnmt",
+    "max_length_offset": 50,
+    "early_stopping": True,
+}
+
+
+def gnmt_length_penalty(length: int, alpha: float) -> float:
+    """GNMT (Wu et al., 2016), used by §6.1: lp(Y) = ((5 + |Y|) / 6)^alpha; a hypothesis scores log P(Y) / lp(Y)."""
+    return ((5 + length) / 6) ** alpha
+
+
+class SourceLengthLimitLogitsProcessor(LogitsProcessor):
+    """Forces </s> once a hypothesis has `limit` tokens, a limit per source sentence (input length + offset)."""
+
+    def __init__(self, limits: torch.Tensor, prompt_length: int, eos_token_id: int):
+        self.limits = limits  # (B,)
+        self.prompt_length = prompt_length
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows_per_sentence = input_ids.shape[0] // self.limits.shape[0]  # beams or returned sequences
+        limits = self.limits.to(input_ids.device).repeat_interleave(rows_per_sentence)
+        at_limit = (input_ids.shape[1] - self.prompt_length + 1) >= limits  # the next token is the last one
+        forced = torch.full_like(scores, -math.inf)
+        forced[:, self.eos_token_id] = 0.0
+        return torch.where(at_limit[:, None], forced, scores)
+
+
+class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
+    """Figure 1 whole: the encoder-decoder, then the "learned linear transformation and softmax" of §3.4."""
+
+    _tied_weights_keys = {  # noqa: RUF012 (transformers reads this class attribute)
+        "lm_head.weight": "model.shared.weight",
+        "model.encoder.embed_tokens.weight": "model.shared.weight",
+        "model.decoder.embed_tokens.weight": "model.shared.weight",
+    }
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        self.model = VanillaTransformerModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+        for name, value in PAPER_DECODING.items():  # replaced by generation_config.json when loading
+            setattr(self.generation_config, name, value)
+        self._gnmt_alpha: float | None = None  # set while a beam search scores with the GNMT penalty
+
+    def get_encoder(self) -> VanillaTransformerEncoder:
+        return self.model.encoder
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: EncoderDecoderCache | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        r"""`labels` (B, T) give the token-level cross-entropy, positions set to -100 ignored.
+
+        `num_items_in_batch` (passed by the Trainer) is the number of label tokens in the whole accumulated
+        batch: the loss is then summed and divided by it, so gradient accumulation equals one big batch.
+        Label smoothing (§5.4) belongs to the training recipe, not the model.
+        """
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten().to(logits.device), reduction="sum"
+            )
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum())
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+    # --- decoding as in §6.1 -------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config=None,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs,
+    ):
+        """`GenerationMixin.generate`, plus the paper's maximum output length of input length + 50 (§6.1).
+
+        With `max_length_offset` set in the generation config (default 50 for our models) and neither
+        `max_length` nor `max_new_tokens` passed, each sentence stops at its own source length (non-pad tokens,
+        </s> included) + offset. The GNMT length penalty is applied in `_beam_search`.
+        """
+        config = generation_config if generation_config is not None else self.generation_config
+        offset = kwargs.pop("max_length_offset", getattr(config, "max_length_offset", None))
+        source = inputs if inputs is not None else kwargs.get("input_ids")
+        if offset is not None and source is not None and not {"max_length", "max_new_tokens"} & kwargs.keys():
+            mask = kwargs.get("attention_mask")
+            lengths = mask.sum(-1) if mask is not None else torch.full(source.shape[:1], source.shape[1])
+            limits = lengths.to(torch.long) + offset
+            kwargs["max_new_tokens"] = int(limits.max())
+            limit = SourceLengthLimitLogitsProcessor(limits, prompt_length=1, eos_token_id=self.config.eos_token_id)
+            logits_processor = LogitsProcessorList([*(logits_processor or []), limit])
+        return super().generate(inputs, generation_config, logits_processor, **kwargs)
+
+    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, *args, **kwargs):
+        # transformers scores finished beams with log P / |Y|^alpha; the two methods below turn that into GNMT.
+        form = getattr(generation_config, "length_penalty_form", "hf")
+        if form not in ("hf", "gnmt"):
+            raise ValueError(f"`length_penalty_form` must be 'hf' or 'gnmt', got {form!r}.")
+        self._gnmt_alpha = generation_config.length_penalty if form == "gnmt" else None
+        try:
+            return super()._beam_search(
+                input_ids, logits_processor, stopping_criteria, generation_config, *args, **kwargs
+            )
+        finally:
+            self._gnmt_alpha = None
+
+    def _gnmt_rescale(self, log_probs: torch.Tensor, length: int) -> torch.Tensor:
+        """Multiply by |Y|^alpha / lp(Y), so that transformers' division by |Y|^alpha leaves log P / lp(Y)."""
+        alpha = self._gnmt_alpha
+        return log_probs * (length**alpha / gnmt_length_penalty(length, alpha))
+
+    def _update_finished_beams(self, **kwargs):
+        if self._gnmt_alpha is not None:
+            length = kwargs["cur_len"] + 1 - kwargs["decoder_prompt_len"]
+            kwargs["topk_log_probs"] = self._gnmt_rescale(kwargs["topk_log_probs"], length)
+        return super()._update_finished_beams(**kwargs)
+
+    def _check_early_stop_heuristic(self, **kwargs):
+        if self._gnmt_alpha is not None:
+            # the same hypothetical length as the base method, rescaled the same way
+            never = kwargs["early_stopping"] == "never" and kwargs["length_penalty"] > 0.0
+            length = (kwargs["max_length"] if never else kwargs["cur_len"]) - kwargs["decoder_prompt_len"]
+            kwargs["running_beam_scores"] = self._gnmt_rescale(kwargs["running_beam_scores"], length)
+        return super()._check_early_stop_heuristic(**kwargs)
+
+
+__all__ = [
+    "PAPER_DECODING",
+    "VanillaTransformerForConditionalGeneration",
+    "VanillaTransformerModel",
+    "VanillaTransformerPreTrainedModel",
+]
