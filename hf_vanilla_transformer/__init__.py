@@ -12,6 +12,8 @@ from .modeling_vanilla_transformer import (
     VanillaTransformerModel,
     VanillaTransformerPreTrainedModel,
 )
+from .pipeline_vanilla_transformer import TranslationPipeline
+from .tokenization import check_tokenizer_matches_config, train_bpe_tokenizer
 
 AutoConfig.register(VanillaTransformerConfig.model_type, VanillaTransformerConfig)
 AutoModel.register(VanillaTransformerConfig, VanillaTransformerModel)
@@ -22,8 +24,11 @@ VanillaTransformerForConditionalGeneration.register_for_auto_class("AutoModelFor
 
 __all__ = [
     "PRESETS",
+    "TranslationPipeline",
     "VanillaTransformerConfig",
     "VanillaTransformerForConditionalGeneration",
     "VanillaTransformerModel",
     "VanillaTransformerPreTrainedModel",
+    "check_tokenizer_matches_config",
+    "train_bpe_tokenizer",
 ]

@@ -54,7 +54,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     r"""The post-LN encoder-decoder of §3, defaults = the "base" model of Table 3.
 
     Note: the paper's 65M (base) / 213M (big) parameters are for WMT En-De with a shared vocabulary of about
-    37000 tokens. With exactly 37000 we count 63.1M / 213.9M (see `tests/test_configuration.py`): the paper
+    37000 tokens. With exactly 37000 we count 63.1M / 214.2M (see `tests/test_configuration.py`): the paper
     rounds, does not say its exact vocabulary size, and our output projection has no bias (tied to the
     embedding, §3.4), while each LayerNorm carries a gain and a bias.
     """

@@ -306,7 +306,7 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                 "AutoModel": "modeling_vanilla_transformer.VanillaTransformerModel",
             }
         pipeline_file = Path(__file__).with_name("pipeline_vanilla_transformer.py")
-        if pipeline_file.exists():  # a remote-code copy loaded without the pipeline has none to ship
+        if pipeline_file.exists():
             self.config.custom_pipelines = {
                 "translation": {
                     "impl": "pipeline_vanilla_transformer.TranslationPipeline",
@@ -314,6 +314,9 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                     "type": "text",
                 }
             }
+        elif hasattr(self.config, "custom_pipelines"):
+            # A remote-code copy loaded without the pipeline file: never point to a file we cannot ship.
+            del self.config.custom_pipelines
         super().save_pretrained(save_directory, *args, **kwargs)
         if pipeline_file.exists():
             shutil.copy(pipeline_file, Path(save_directory) / pipeline_file.name)
@@ -552,6 +555,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         self.post_init()
         for name, value in PAPER_DECODING.items():  # replaced by generation_config.json when loading
             setattr(self.generation_config, name, value)
+        # A config marked "from the model config" drops unknown fields such as ours when it is loaded again.
+        self.generation_config._from_model_config = False
         self._gnmt_alpha: float | None = None  # set while a beam search scores with the GNMT penalty
 
     def get_encoder(self) -> VanillaTransformerEncoder:
@@ -641,7 +646,13 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             kwargs["max_new_tokens"] = int(limits.max())
             limit = SourceLengthLimitLogitsProcessor(limits, prompt_length=1, eos_token_id=self.config.eos_token_id)
             logits_processor = LogitsProcessorList([*(logits_processor or []), limit])
-        return super().generate(inputs, generation_config, logits_processor, **kwargs)
+        output = super().generate(inputs, generation_config, logits_processor, **kwargs)
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        # Beam search fills finished hypotheses with `pad_token_id or eos_token_id`: </s> when <pad> is id 0.
+        is_eos = sequences == self.config.eos_token_id
+        after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+        sequences.masked_fill_(after_eos, self.config.pad_token_id)
+        return output
 
     def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, *args, **kwargs):
         # transformers scores finished beams with log P / |Y|^alpha; the two methods below turn that into GNMT.

@@ -1,14 +1,12 @@
 """The translation pipeline equals tokenizer -> model.generate -> batch_decode, in this process and as remote code."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_without_package
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_vanilla_transformer import (
@@ -139,24 +137,10 @@ def test_save_pretrained_registers_the_pipeline_as_custom_code(model, tmp_path):
     assert shipped == Path(pipeline_vanilla_transformer.__file__).read_text(encoding="utf-8")
 
 
-# Runs in a fresh interpreter that cannot import our package: only the files in the model folder are used.
+# Runs where our package cannot be imported: only the files in the model folder are used.
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_vanilla_transformer":
-                raise ModuleNotFoundError(f"blocked: {name}")
-
-    sys.meta_path.insert(0, BlockPackage())
-    try:
-        import hf_vanilla_transformer  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    else:
-        raise SystemExit("hf_vanilla_transformer is importable: the remote-code test would prove nothing")
-
+    import json, sys
     from transformers import pipeline
 
     folder, texts, kwargs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
@@ -173,25 +157,12 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_remote_code_pipeline_in_a_fresh_process(model, tokenizer, tmp_path):
-    folder, elsewhere = tmp_path / "model", tmp_path / "cwd"
-    elsewhere.mkdir()
+    folder = tmp_path / "model"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     kwargs = {"max_new_tokens": 8, "num_beams": 2}
     expected = TranslationPipeline(model=model, tokenizer=tokenizer)(TEXTS, batch_size=3, **kwargs)
-
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), json.dumps(TEXTS), json.dumps(kwargs)],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    remote = run_without_package(REMOTE_SCRIPT, [str(folder), json.dumps(TEXTS), json.dumps(kwargs)], tmp_path)
     assert remote["pipeline_module"].startswith("transformers_modules.")
     assert remote["pipeline_module"].endswith(".pipeline_vanilla_transformer")
     assert remote["model_module"].endswith(".modeling_vanilla_transformer")

@@ -1,0 +1,159 @@
+"""generate(): caching, batching, sampling, and the paper's decoding (§6.1)."""
+
+import math
+
+import pytest
+import torch
+from conftest import make_tiny_model
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from hf_vanilla_transformer.modeling_vanilla_transformer import PAPER_DECODING, gnmt_length_penalty
+
+EOS = 2
+
+
+def sources(batch):
+    return {k: batch[k] for k in ("input_ids", "attention_mask")}
+
+
+def strip(sequence: torch.Tensor) -> list[int]:
+    return [t for t in sequence.tolist() if t != 0]
+
+
+@pytest.fixture
+def lively_model():
+    """Random weights large enough that different sources give different outputs."""
+    return make_tiny_model(init_std=0.5)
+
+
+def test_default_generation_config_is_the_papers_decoding(tiny_model):
+    for name, value in PAPER_DECODING.items():
+        assert getattr(tiny_model.generation_config, name) == value
+
+
+@pytest.mark.parametrize("kwargs", [{"num_beams": 1}, {"num_beams": 3}, {"num_beams": 3, "num_return_sequences": 2}])
+def test_cache_and_no_cache_generate_the_same(lively_model, batch, kwargs):
+    cached = lively_model.generate(**sources(batch), max_new_tokens=8, use_cache=True, **kwargs)
+    uncached = lively_model.generate(**sources(batch), max_new_tokens=8, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+
+
+def test_incremental_decoding_with_cache_equals_a_full_forward(lively_model, batch):
+    decoder_input_ids = torch.tensor([[1, 20, 21, 22], [1, 23, 24, 25]])
+    full = lively_model(**sources(batch), decoder_input_ids=decoder_input_ids).logits
+    encoder_outputs = lively_model.get_encoder()(batch["input_ids"], batch["attention_mask"])
+    cache, steps = None, []
+    for t in range(4):
+        out = lively_model(
+            attention_mask=batch["attention_mask"],
+            encoder_outputs=encoder_outputs,
+            decoder_input_ids=decoder_input_ids[:, t : t + 1],
+            cache=cache,
+            use_cache=True,
+        )
+        cache = out.cache
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert all(cache.is_updated.values())  # cross-attention keys/values were computed once, then reused
+
+
+def test_cross_attention_projects_the_source_once_per_sentence(lively_model, batch):
+    calls = []
+    hook = lively_model.model.decoder.layers[0].encoder_attn.k_proj.register_forward_hook(
+        lambda *args: calls.append(1)
+    )
+    lively_model.generate(**sources(batch), num_beams=1, max_new_tokens=6)
+    hook.remove()
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"num_beams": 1}, {}, {"num_beams": 3, "length_penalty_form": "hf"}])
+def test_a_padded_batch_translates_each_sentence_as_alone(lively_model, batch, kwargs):
+    together = lively_model.generate(**sources(batch), **kwargs)
+    assert not torch.equal(together[0], together[1])
+    for i, length in enumerate((6, 4)):
+        alone = lively_model.generate(input_ids=batch["input_ids"][i : i + 1, :length], **kwargs)
+        assert strip(together[i]) == strip(alone[0])
+
+
+def test_sampling_with_top_k_1_is_greedy(lively_model, batch):
+    greedy = lively_model.generate(**sources(batch), num_beams=1, max_new_tokens=8)
+    sampled = lively_model.generate(**sources(batch), num_beams=1, do_sample=True, top_k=1, max_new_tokens=8)
+    assert torch.equal(greedy, sampled)
+
+
+def test_sampling_is_seeded_and_respects_top_k(lively_model, batch):
+    kwargs = {"num_beams": 1, "do_sample": True, "temperature": 1.5, "top_k": 3, "top_p": 0.9, "max_new_tokens": 8}
+    torch.manual_seed(0)
+    first = lively_model.generate(**sources(batch), **kwargs, output_scores=True, return_dict_in_generate=True)
+    torch.manual_seed(0)
+    second = lively_model.generate(**sources(batch), **kwargs)
+    assert torch.equal(first.sequences, second)
+    for step, scores in enumerate(first.scores):  # processed scores: at most 3 tokens left possible
+        chosen = first.sequences[:, step + 1]
+        assert (scores.isfinite().sum(-1) <= 3).all()
+        assert scores.gather(1, chosen[:, None]).isfinite().all()
+
+
+def test_output_stops_at_source_length_plus_offset(lively_model, batch):
+    """§6.1: maximum output length = input length + 50; here offset 3 and </s> suppressed until forced."""
+    out = lively_model.generate(**sources(batch), max_length_offset=3, suppress_tokens=[EOS], num_beams=1)
+    for i, source_length in enumerate((6, 4)):  # non-pad source tokens, </s> included
+        generated = strip(out[i])[1:]  # without the decoder start
+        assert len(generated) == source_length + 3
+        assert generated[-1] == EOS and EOS not in generated[:-1]
+
+
+def test_explicit_max_new_tokens_replaces_the_source_length_limit(lively_model, batch):
+    out = lively_model.generate(**sources(batch), max_new_tokens=12, suppress_tokens=[EOS], num_beams=1)
+    assert out.shape[1] == 13 and EOS not in out.tolist()
+
+
+class ScriptedScores(LogitsProcessor):
+    """Replaces the model's log-probabilities by a fixed tree of continuations (the model is ignored).
+
+    Short hypothesis S = [5, </s>] with log P = log 0.632; long L = [6, 7 x 8, </s>] with log P = log 0.368.
+    """
+
+    def __call__(self, input_ids, scores):
+        scripted = torch.full_like(scores, -math.inf)
+        for row, prefix in enumerate(input_ids[:, 1:].tolist()):
+            if not prefix:
+                scripted[row, 5], scripted[row, 6] = math.log(0.632), math.log(0.368)
+            elif prefix == [5]:
+                scripted[row, EOS] = 0.0
+            elif prefix[0] == 6:
+                scripted[row, 7 if len(prefix) < 9 else EOS] = 0.0
+            else:  # continuations of -inf beams: never finish
+                scripted[row, 9] = 0.0
+        return scripted
+
+
+@pytest.mark.parametrize("form", ["gnmt", "hf"])
+def test_gnmt_and_transformers_length_penalties_rank_as_their_formulas_predict(tiny_model, form):
+    alpha = 0.6
+    short, long = math.log(0.632), math.log(0.368)
+    scores = {
+        "gnmt": (short / gnmt_length_penalty(2, alpha), long / gnmt_length_penalty(10, alpha)),
+        "hf": (short / 2**alpha, long / 10**alpha),
+    }[form]
+    # the two forms disagree: GNMT prefers the short hypothesis, len**alpha the long one
+    assert (scores[0] > scores[1]) == (form == "gnmt")
+    out = tiny_model.generate(
+        input_ids=torch.tensor([[5, 6, 2]]),
+        num_beams=2,
+        length_penalty=alpha,
+        length_penalty_form=form,
+        max_new_tokens=12,
+        logits_processor=LogitsProcessorList([ScriptedScores()]),
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    expected = [1, 5, EOS] if form == "gnmt" else [1, 6, *[7] * 8, EOS]
+    assert strip(out.sequences[0]) == expected
+    assert out.sequences_scores[0].item() == pytest.approx(max(scores), rel=1e-5)
+
+
+def test_unknown_length_penalty_form_is_a_clear_error(tiny_model, batch):
+    with pytest.raises(ValueError, match="`length_penalty_form` must be 'hf' or 'gnmt', got 'fairseq'"):
+        tiny_model.generate(**sources(batch), length_penalty_form="fairseq")

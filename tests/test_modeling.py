@@ -1,0 +1,221 @@
+"""The architecture of §3, checked against its equations on a tiny model."""
+
+import math
+
+import pytest
+import torch
+from conftest import TINY, make_tiny_model
+
+from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.modeling_vanilla_transformer import shift_tokens_right
+
+
+def test_labels_shift_right_with_decoder_start(tiny_model, batch):
+    shifted = shift_tokens_right(batch["labels"], pad_token_id=0, decoder_start_token_id=1)
+    assert shifted.tolist() == [[1, 13, 14, 15, 16], [1, 17, 18, 2, 0]]
+
+
+def test_loss_is_token_level_cross_entropy_ignoring_minus_100(tiny_model, batch):
+    out = tiny_model(**batch)
+    keep = batch["labels"] != -100
+    expected = -out.logits.log_softmax(-1)[keep].gather(-1, batch["labels"][keep][:, None]).mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_causal_mask_later_target_tokens_do_not_change_earlier_logits(tiny_model, batch):
+    decoder_input_ids = torch.tensor([[1, 20, 21, 22, 23]])
+    changed = decoder_input_ids.clone()
+    changed[0, 3] = 40
+    kwargs = {"input_ids": batch["input_ids"][:1], "attention_mask": batch["attention_mask"][:1]}
+    logits = tiny_model(**kwargs, decoder_input_ids=decoder_input_ids).logits
+    logits_changed = tiny_model(**kwargs, decoder_input_ids=changed).logits
+    torch.testing.assert_close(logits[:, :3], logits_changed[:, :3])
+    assert not torch.allclose(logits[:, 3:], logits_changed[:, 3:])
+
+
+def test_padding_does_not_change_a_sentence(tiny_model, batch):
+    padded = tiny_model(**batch).logits
+    alone = tiny_model(input_ids=batch["input_ids"][1:, :4], labels=batch["labels"][1:, :3]).logits
+    torch.testing.assert_close(padded[1, :3], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def reference_pe(length: int, d_model: int) -> torch.Tensor:
+    pe = torch.zeros(length, d_model, dtype=torch.float64)
+    for pos in range(length):
+        for i in range(d_model // 2):
+            pe[pos, 2 * i] = math.sin(pos / 10000 ** (2 * i / d_model))
+            pe[pos, 2 * i + 1] = math.cos(pos / 10000 ** (2 * i / d_model))
+    return pe.float()
+
+
+def test_embedding_output_is_scaled_embedding_plus_the_papers_sinusoids(tiny_model, batch):
+    ids = batch["input_ids"][:1]
+    out = tiny_model.model.encoder(ids, output_hidden_states=True)
+    d_model = tiny_model.config.d_model
+    expected = tiny_model.model.shared(ids) * math.sqrt(d_model) + reference_pe(ids.shape[1], d_model)
+    torch.testing.assert_close(out.hidden_states[0], expected)
+    pe0 = reference_pe(1, d_model)[0]
+    assert pe0[0::2].eq(0).all() and pe0[1::2].eq(1).all()  # position 0: sin terms 0, cos terms 1
+
+
+def test_sinusoids_extend_beyond_max_position_embeddings():
+    model = make_tiny_model(max_position_embeddings=4)
+    positions = torch.arange(300)
+    torch.testing.assert_close(
+        model.model.encoder.embed_positions(positions), reference_pe(300, 16), atol=1e-4, rtol=1e-4
+    )
+    assert model(input_ids=torch.arange(3, 13)[None], labels=torch.arange(3, 11)[None]).logits.shape == (1, 8, 99)
+
+
+def test_learned_positions_refuse_inputs_longer_than_max_position_embeddings():
+    model = make_tiny_model(max_position_embeddings=8, position_embedding_type="learned")
+    assert model.model.encoder.embed_positions.weight.shape == (8, 16)
+    model(input_ids=torch.arange(3, 11)[None], labels=torch.arange(3, 11)[None])
+    with pytest.raises(ValueError, match="length 9 is longer than max_position_embeddings=8"):
+        model(input_ids=torch.arange(3, 12)[None], labels=torch.arange(3, 6)[None])
+
+
+def randomize_layer_norms(model: torch.nn.Module) -> None:
+    """Gain and bias away from (1, 0), so that a LayerNorm in the wrong place changes the result."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.weight.data = torch.rand(module.weight.shape, generator=generator) + 0.5
+            module.bias.data = torch.randn(module.bias.shape, generator=generator)
+
+
+def test_encoder_layers_are_post_ln_without_a_final_layer_norm(tiny_model, batch):
+    randomize_layer_norms(tiny_model)
+    encoder = tiny_model.model.encoder
+    out = encoder(batch["input_ids"][:1], output_hidden_states=True)
+    for i, layer in enumerate(encoder.layers):
+        x = out.hidden_states[i]
+        h = layer.self_attn_layer_norm(x + layer.self_attn(x)[0])  # LayerNorm(x + Sublayer(x))
+        expected = layer.final_layer_norm(h + layer.ffn.fc2(torch.relu(layer.ffn.fc1(h))))
+        torch.testing.assert_close(out.hidden_states[i + 1], expected)
+    torch.testing.assert_close(out.last_hidden_state, out.hidden_states[-1])
+
+
+def test_decoder_layers_are_post_ln_without_a_final_layer_norm(tiny_model, batch):
+    randomize_layer_norms(tiny_model)
+    memory = tiny_model.model.encoder(batch["input_ids"][:1]).last_hidden_state
+    out = tiny_model(**{k: v[:1] for k, v in batch.items()}, output_hidden_states=True)
+    for i, layer in enumerate(tiny_model.model.decoder.layers):
+        x = out.decoder_hidden_states[i]
+        causal = torch.full((5, 5), -math.inf).triu(1)
+        h = layer.self_attn_layer_norm(x + layer.self_attn(x, attention_mask=causal)[0])
+        h = layer.encoder_attn_layer_norm(h + layer.encoder_attn(h, key_value_states=memory)[0])
+        expected = layer.final_layer_norm(h + layer.ffn.fc2(torch.relu(layer.ffn.fc1(h))))
+        torch.testing.assert_close(out.decoder_hidden_states[i + 1], expected)
+    torch.testing.assert_close(tiny_model.lm_head(out.decoder_hidden_states[-1]), out.logits)
+
+
+def test_attention_is_softmax_of_scaled_dot_products(tiny_model, batch):
+    """§3.2.1 for one head, by hand, against the eager attention weights and output."""
+    attention = tiny_model.model.encoder.layers[0].self_attn
+    x = torch.randn(1, 5, 16)
+    output, weights = attention(x)
+    q = attention.q_proj(x).view(1, 5, 4, 4).transpose(1, 2)
+    k = attention.k_proj(x).view(1, 5, 4, 4).transpose(1, 2)
+    v = attention.v_proj(x).view(1, 5, 4, 4).transpose(1, 2)
+    expected_weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(4), dim=-1)
+    heads = (expected_weights @ v).transpose(1, 2).reshape(1, 5, 16)
+    torch.testing.assert_close(output, attention.out_proj(heads))
+    if weights is not None:  # sdpa returns none
+        torch.testing.assert_close(weights, expected_weights)
+
+
+def test_eager_attention_returns_masked_maps_per_layer(batch):
+    model = make_tiny_model(attn_implementation="eager")
+    out = model(**batch, output_attentions=True)
+    assert len(out.encoder_attentions) == len(out.decoder_attentions) == len(out.cross_attentions) == 2
+    assert out.encoder_attentions[0].shape == (2, 4, 6, 6)
+    assert out.decoder_attentions[0].shape == (2, 4, 5, 5)
+    assert out.cross_attentions[0].shape == (2, 4, 5, 6)
+    torch.testing.assert_close(out.decoder_attentions[1].sum(-1), torch.ones(2, 4, 5))
+    assert out.decoder_attentions[1].triu(1).eq(0).all()  # no attention to future positions
+    assert out.cross_attentions[0][1, :, :, 4:].eq(0).all()  # nor to source padding
+    assert out.encoder_attentions[0][1, :, :, 4:].eq(0).all()
+
+
+def test_eager_and_sdpa_agree(batch):
+    eager, sdpa = make_tiny_model(attn_implementation="eager"), make_tiny_model(attn_implementation="sdpa")
+    torch.testing.assert_close(eager(**batch).logits, sdpa(**batch).logits, atol=1e-5, rtol=1e-4)
+    generated = [m.generate(**{k: batch[k] for k in ("input_ids", "attention_mask")}) for m in (eager, sdpa)]
+    assert torch.equal(*generated)
+
+
+@pytest.mark.slow  # compiles kernels for a minute; torch 2.13's CPU flex kernel also fails on 1-token decoding
+def test_eager_and_flex_attention_agree_on_a_forward(batch):
+    eager, flex = make_tiny_model(attn_implementation="eager"), make_tiny_model(attn_implementation="flex_attention")
+    with torch.no_grad():  # flex attention has no backward on CPU
+        torch.testing.assert_close(eager(**batch).logits, flex(**batch).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_three_way_tie_is_one_tensor(tiny_model):
+    shared = tiny_model.model.shared.weight
+    assert tiny_model.lm_head.weight is shared
+    assert tiny_model.model.encoder.embed_tokens.weight is shared
+    assert tiny_model.model.decoder.embed_tokens.weight is shared
+
+
+def test_untied_model_has_three_matrices():
+    model = make_tiny_model(tie_word_embeddings=False)
+    pointers = {
+        model.lm_head.weight.data_ptr(),
+        model.model.encoder.embed_tokens.weight.data_ptr(),
+        model.model.decoder.embed_tokens.weight.data_ptr(),
+    }
+    assert len(pointers) == 3
+
+
+def test_initialisation_matches_the_docstring(tiny_model):
+    embedding = VanillaTransformerForConditionalGeneration(VanillaTransformerConfig(**{**TINY, "d_model": 256}))
+    weight = embedding.model.shared.weight
+    assert weight[0].eq(0).all()  # the padding row
+    assert weight[1:].std().item() == pytest.approx(256**-0.5, rel=0.05)
+    fc1 = tiny_model.model.encoder.layers[0].ffn.fc1
+    bound = math.sqrt(6 / (16 + 32))  # Xavier-uniform
+    assert fc1.weight.abs().max() <= bound and fc1.weight.abs().max() > 0.8 * bound
+    assert fc1.bias.eq(0).all()
+    normal = make_tiny_model(init_std=0.02)
+    assert normal.model.encoder.layers[0].ffn.fc1.weight.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(batch):
+    grads = []
+    for checkpointing in (False, True):
+        model = make_tiny_model().train()
+        if checkpointing:
+            model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(3)  # same dropout masks in both runs
+        model(**batch).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert model.model.encoder.layers[0].gradient_checkpointing
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_bfloat16_loading(tmp_path, tiny_model, batch):
+    tiny_model.save_pretrained(tmp_path)
+    model = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    logits = model(**batch).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), tiny_model(**batch).logits, atol=0.1, rtol=0.05)
+    assert model.generate(**{k: batch[k] for k in ("input_ids", "attention_mask")}).shape[0] == 2
+
+
+def test_parameter_counts_of_the_papers_models():
+    """Table 3: base 65M, big 213M (with about 37000 shared tokens; see the config's docstring)."""
+    counts = {}
+    for preset in ("base", "big"):
+        with torch.device("meta"):
+            model = VanillaTransformerForConditionalGeneration(VanillaTransformerConfig.from_preset(preset))
+        counts[preset] = sum(p.numel() for p in model.parameters())
+    assert counts == {"base": 63_082_496, "big": 214_245_376}
+    d, v, n, ff = 512, 37000, 6, 2048  # the count by hand, for base
+    attention = 4 * (d * d + d)
+    ffn = d * ff + ff + ff * d + d
+    encoder = n * (attention + ffn + 2 * 2 * d)
+    decoder = n * (2 * attention + ffn + 3 * 2 * d)
+    assert counts["base"] == v * d + encoder + decoder
