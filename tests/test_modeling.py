@@ -187,7 +187,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(batch):
     for checkpointing in (False, True):
         model = make_tiny_model().train()
         if checkpointing:
-            model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(3)  # same dropout masks in both runs
         model(**batch).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
