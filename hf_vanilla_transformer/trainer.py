@@ -56,6 +56,16 @@ class VanillaSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
     max_grad_norm: float = field(
         default=0.0, metadata={"help": "Gradient clipping norm; 0 disables it (the paper does not clip)."}
     )
+    average_last: int = field(
+        default=0,
+        metadata={
+            "help": "§6.1: after training, average the last N checkpoints into OUTPUT_DIR/averaged (the paper: 5 for "
+            "base, 20 for big; save_steps sets their spacing). 0: no averaging. Used by scripts/train.py."
+        },
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every parameter gets a gradient: DDP need not search for unused ones."}
+    )
     predict_with_generate: bool = field(
         default=True, metadata={"help": "Evaluate with generate() (beam search of §6.1) to report BLEU."}
     )
@@ -66,6 +76,8 @@ class VanillaSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens}")
         if self.warmup_steps < 1 or self.warmup_steps != int(self.warmup_steps):
             raise ValueError(f"warmup_steps must be a whole number of updates >= 1 (§5.3), got {self.warmup_steps}")
+        if self.average_last < 0:
+            raise ValueError(f"average_last must be >= 0, got {self.average_last}")
         if self.lr_scale <= 0:
             raise ValueError(f"lr_scale must be positive, got {self.lr_scale}")
         if self.weight_decay:
@@ -122,7 +134,11 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             kwargs["optimizers"] = build_optimizer(
                 model, model.config.d_model, warmup_steps=int(args.warmup_steps), scale=args.lr_scale
             )
+        use_cache = model.config.use_cache
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        # The Trainer sets config.use_cache = args.use_cache (False), which every saved config.json would keep;
+        # compute_loss turns the cache off for training instead.
+        model.config.use_cache = use_cache
         # The Trainer counts the label tokens of each update only for models it believes take them.
         self.model_accepts_loss_kwargs = True
         self._nll = torch.tensor(0.0)  # NLL of the updates since the last log, as `loss` is accumulated
@@ -201,7 +217,7 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             inputs["decoder_input_ids"] = self.accelerator.unwrap_model(model).prepare_decoder_input_ids_from_labels(
                 labels
             )
-        outputs = model(**inputs)
+        outputs = model(**inputs, use_cache=False)
         loss_sum, nll_sum, ntokens = label_smoothed_nll_loss(outputs.logits, labels, self.args.label_smoothing_factor)
         # num_items_in_batch: label tokens of all micro-batches of this update (summed over processes when
         # average_tokens_across_devices); None when evaluating a single batch.

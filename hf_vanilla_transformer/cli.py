@@ -1,0 +1,319 @@
+"""What the scripts in `scripts/` share: argument dataclasses (as in transformers' `run_translation.py`), parsing
+from flags or one JSON file, logging, building the tokenizer and model, and batched translation and scoring.
+
+The scripts stay one page each; everything they do is a call into this module or the recipe modules.
+"""
+
+import importlib
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase
+
+from .configuration_vanilla_transformer import PRESETS, VanillaTransformerConfig
+from .data import load_parallel_corpus
+from .metrics import sacrebleu_scores, tokenized_bleu
+from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from .tokenization import check_tokenizer_matches_config, train_bpe_tokenizer
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class ModelArguments:
+    """Model size (a preset of `VanillaTransformerConfig`, with optional overrides) and its tokenizer."""
+
+    preset: str = field(
+        default="tiny",
+        metadata={"help": f"Model size: one of {', '.join(PRESETS)} (base/big: Table 3; tiny: Multi30k-sized)."},
+    )
+    d_model: int | None = field(default=None, metadata={"help": "Override of the preset's d_model."})
+    encoder_layers: int | None = field(default=None, metadata={"help": "Override: encoder layers (N)."})
+    decoder_layers: int | None = field(default=None, metadata={"help": "Override: decoder layers (N)."})
+    encoder_attention_heads: int | None = field(default=None, metadata={"help": "Override: encoder heads (h)."})
+    decoder_attention_heads: int | None = field(default=None, metadata={"help": "Override: decoder heads (h)."})
+    encoder_ffn_dim: int | None = field(default=None, metadata={"help": "Override: encoder d_ff."})
+    decoder_ffn_dim: int | None = field(default=None, metadata={"help": "Override: decoder d_ff."})
+    dropout: float | None = field(default=None, metadata={"help": "Override: P_drop (§5.4)."})
+    attention_dropout: float | None = field(default=None, metadata={"help": "Override: dropout on attention."})
+    activation_dropout: float | None = field(default=None, metadata={"help": "Override: dropout after the ReLU."})
+    position_embedding_type: str | None = field(
+        default=None, metadata={"help": "Override: 'sinusoidal' (§3.5) or 'learned' (Table 3 row E)."}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A trained tokenizer (folder or Hub name). Default: the one in output_dir if there, else a joint "
+            "BPE trained on the train split and saved there."
+        },
+    )
+    vocab_size: int = field(
+        default=10000, metadata={"help": "Size of the joint BPE vocabulary trained when no tokenizer is given."}
+    )
+
+    def config_overrides(self) -> dict:
+        """The config fields given on the command line."""
+        skip = {"preset", "tokenizer_name_or_path", "vocab_size"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip and getattr(self, f.name)}
+
+
+@dataclass
+class DataArguments:
+    """The parallel corpus: a Multi30k-style folder of SPLIT.LANG[.gz] files or a Hub dataset."""
+
+    dataset: str = field(
+        default="../shared/data/multi30k",
+        metadata={"help": "Folder of SPLIT.LANG[.gz] files (a Multi30k layout) or a Hub dataset name."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config (e.g. de-en)."})
+    source_lang: str = field(default="en", metadata={"help": "Source language code (a column or file suffix)."})
+    target_lang: str = field(default="de", metadata={"help": "Target language code."})
+    train_split: str = field(default="train", metadata={"help": "Split to train the model and tokenizer on."})
+    validation_split: str = field(default="val", metadata={"help": "Split to evaluate on during and after training."})
+    eval_splits: list[str] = field(
+        default_factory=lambda: ["test_2016_flickr", "test_2017_flickr"],
+        metadata={"help": "Splits to translate and score (train.py adds validation_split)."},
+    )
+    tok_references: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of tokenised references (SPLIT.*.LANG[.gz]) for tokenised BLEU. Default: DATASET/tok "
+            "when it exists (Multi30k's lowercased, Moses-tokenised files)."
+        },
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Truncate source and target to this many tokens (default: no truncation)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N pairs of each eval split."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+
+    def load(self, splits: Sequence[str], max_samples: int | None = None) -> datasets.DatasetDict:
+        """The given splits with one string column per language, each cut to `max_samples` pairs if given."""
+        corpus = load_parallel_corpus(
+            self.dataset, self.source_lang, self.target_lang, splits=splits, config_name=self.dataset_config_name
+        )
+        if max_samples is None:
+            return corpus
+        return datasets.DatasetDict({s: ds.select(range(min(max_samples, len(ds)))) for s, ds in corpus.items()})
+
+    def load_training_splits(self) -> datasets.DatasetDict:
+        """The train split (cut to max_train_samples) and the validation split (cut to max_eval_samples)."""
+        train = self.load([self.train_split], self.max_train_samples)
+        validation = self.load([self.validation_split], self.max_eval_samples)
+        return datasets.DatasetDict({**train, **validation})
+
+    def tok_reference_dir(self) -> Path | None:
+        if self.tok_references is not None:
+            path = Path(self.tok_references)
+            if not path.is_dir():
+                raise FileNotFoundError(f"tok_references {path} is not a directory")
+            return path
+        default = Path(self.dataset) / "tok"
+        return default if default.is_dir() else None
+
+
+@dataclass
+class GenerationArguments:
+    """Decoding for evaluate.py and translate.py; unset fields keep the model's generation config (§6.1)."""
+
+    num_beams: int | None = field(default=None, metadata={"help": "Beam size (the paper: 4)."})
+    length_penalty: float | None = field(default=None, metadata={"help": "Length penalty alpha (the paper: 0.6)."})
+    length_penalty_form: str | None = field(
+        default=None, metadata={"help": "'gnmt' ((5+|Y|)/6)^alpha as in the paper, or 'hf' |Y|^alpha."}
+    )
+    max_length_offset: int | None = field(
+        default=None, metadata={"help": "Maximum output length = source length + this (the paper: 50)."}
+    )
+    max_new_tokens: int | None = field(default=None, metadata={"help": "A fixed maximum output length instead."})
+    batch_size: int = field(default=64, metadata={"help": "Sentences per generate() call."})
+    device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+
+    def generate_kwargs(self) -> dict:
+        skip = {"batch_size", "device"}
+        return {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
+
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def parse_args(types: tuple[type, ...], argv: Sequence[str] | None = None) -> tuple:
+    """`HfArgumentParser(types)` on `argv` (default: sys.argv), or on one JSON file given as the only argument."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(types)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise FileNotFoundError(f"argument file {path} not found")
+        return parser.parse_json_file(json_file=path.resolve())
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Timestamped logs on stderr for our modules, the scripts, transformers and datasets."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stderr)],
+    )
+    for name in ("hf_vanilla_transformer", "__main__"):
+        logging.getLogger(name).setLevel(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_explicit_format()
+    datasets.utils.logging.set_verbosity(level)
+
+
+def train_tokenizer(corpus: datasets.Dataset, source_lang: str, target_lang: str, vocab_size: int):
+    """§5.1: one BPE vocabulary learned on the source and target sides of the training split together."""
+    texts = list(corpus[source_lang]) + list(corpus[target_lang])
+    logger.info("Training a joint BPE of %d tokens on %d sentences", vocab_size, len(texts))
+    return train_bpe_tokenizer(texts, vocab_size)
+
+
+def load_or_train_tokenizer(
+    model_args: ModelArguments, corpus: datasets.Dataset, data_args: DataArguments, output_dir: str | Path
+) -> PreTrainedTokenizerBase:
+    """The given tokenizer, else the one saved in `output_dir` (a resumed run), else a new one saved there."""
+    if model_args.tokenizer_name_or_path is not None:
+        return AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
+    output_dir = Path(output_dir)
+    if (output_dir / "tokenizer.json").is_file():
+        logger.info("Using the tokenizer saved in %s", output_dir)
+        return AutoTokenizer.from_pretrained(output_dir)
+    tokenizer = train_tokenizer(corpus, data_args.source_lang, data_args.target_lang, model_args.vocab_size)
+    tokenizer.save_pretrained(output_dir)
+    return tokenizer
+
+
+def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase):
+    """A freshly initialised model of the preset's size, with the tokenizer's vocabulary (§3.4: shared)."""
+    config = VanillaTransformerConfig.from_preset(
+        model_args.preset, vocab_size=len(tokenizer), **model_args.config_overrides()
+    )
+    check_tokenizer_matches_config(tokenizer, config)
+    model = VanillaTransformerForConditionalGeneration(config)
+    logger.info(
+        "Model: preset %r, %s, %.2fM parameters",
+        model_args.preset,
+        ", ".join(f"{k}={v}" for k, v in model_args.config_overrides().items()) or "no overrides",
+        model.num_parameters() / 1e6,
+    )
+    return model
+
+
+@torch.no_grad()
+def translate(
+    model, tokenizer: PreTrainedTokenizerBase, lines: Sequence[str], batch_size: int = 64, **generate_kwargs
+) -> list[str]:
+    """Translates `lines` with `model.generate` in batches of similar length; outputs come back in input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    model.eval()
+    # Sorting by length keeps padding (wasted compute) low; the output order is restored below.
+    lengths = [len(ids) for ids in tokenizer(list(lines))["input_ids"]] if lines else []
+    order = sorted(range(len(lines)), key=lambda i: -lengths[i])
+    outputs: list[str] = [""] * len(lines)
+    for start in tqdm(range(0, len(order), batch_size), desc="Translating", unit="batch", leave=False):
+        indices = order[start : start + batch_size]
+        batch = tokenizer([lines[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+        generated = model.generate(**batch, **generate_kwargs)
+        for i, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
+            outputs[i] = text
+    return outputs
+
+
+def evaluate_splits(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    data_args: DataArguments,
+    splits: Sequence[str],
+    output_dir: str | Path,
+    batch_size: int = 64,
+    **generate_kwargs,
+) -> dict[str, dict]:
+    """Translates each split, scores it, and writes `hypotheses.SPLIT.LANG.txt` and `results.json` to `output_dir`.
+
+    Scores: sacreBLEU and chrF against the raw references, plus Multi30k's tokenised BLEU where the tokenised
+    references have the split (see `metrics.py` for why the two BLEU figures differ). `results.json` maps each
+    split to its scores; splits scored before and not now are kept.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    src, tgt = data_args.source_lang, data_args.target_lang
+    corpus = data_args.load(splits, data_args.max_eval_samples)
+    tok_dir = data_args.tok_reference_dir()
+    tok_corpus = load_parallel_corpus(tok_dir, src, tgt) if tok_dir is not None else {}
+    paper_fields = ("num_beams", "length_penalty", "length_penalty_form", "max_length_offset")
+    decoding = {k: getattr(model.generation_config, k, None) for k in paper_fields} | generate_kwargs
+
+    results_file = output_dir / RESULTS_FILE
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    for split in splits:
+        hypotheses = translate(model, tokenizer, list(corpus[split][src]), batch_size, **generate_kwargs)
+        (output_dir / f"hypotheses.{split}.{tgt}.txt").write_text("".join(f"{h}\n" for h in hypotheses))
+        scores = sacrebleu_scores(hypotheses, list(corpus[split][tgt]))
+        line = f"{split} ({len(hypotheses)} sentences): sacreBLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}"
+        if split in tok_corpus:
+            tok = tokenized_bleu(hypotheses, list(tok_corpus[split][tgt])[: len(hypotheses)], tgt)
+            scores.update(tok_bleu=tok["bleu"], tok_bleu_signature=tok["bleu_signature"])
+            line += f", tokenised BLEU {tok['bleu']:.2f}"
+        results[split] = {**scores, "sentences": len(hypotheses), "decoding": decoding}
+        logger.info("%s [%s]", line, scores["bleu_signature"])
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
+    logger.info("Scores written to %s", results_file)
+    return results
+
+
+def export_model_folder(model_dir: str | Path, output_dir: str | Path) -> list[str]:
+    """Writes the folder a Hub repo gets: model with remote code and pipeline, tokenizer, generation config, card.
+
+    Loading and saving again (rather than copying) writes `auto_map`, `custom_pipelines` and the Python files of
+    this version of the package. The card (README.md) comes from `model_card.write_model_card(output_dir,
+    results)` when that module exists, with `results` read from MODEL_DIR/results.json; otherwise MODEL_DIR's
+    README.md is copied if there is one. Returns the file names written.
+    """
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise ValueError(f"output folder {output_dir} exists and is not an empty folder")
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    results_file = model_dir / RESULTS_FILE
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    if importlib.util.find_spec(f"{__package__}.model_card") is not None:
+        importlib.import_module(f"{__package__}.model_card").write_model_card(output_dir, results)
+    elif (model_dir / "README.md").is_file():
+        shutil.copy(model_dir / "README.md", output_dir / "README.md")
+    else:
+        logger.warning("No model card: %s has no README.md", model_dir)
+    return sorted(path.name for path in output_dir.iterdir())
+
+
+__all__ = [
+    "DataArguments",
+    "GenerationArguments",
+    "ModelArguments",
+    "build_model",
+    "evaluate_splits",
+    "export_model_folder",
+    "load_or_train_tokenizer",
+    "parse_args",
+    "setup_logging",
+    "train_tokenizer",
+    "translate",
+]

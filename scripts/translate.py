@@ -1,0 +1,46 @@
+"""Translates one sentence per line, from a file or stdin to a file or stdout, in batches.
+
+echo "A man is riding a bike." | python scripts/translate.py --model_name_or_path runs/tiny-en-de/averaged
+python scripts/translate.py --model_name_or_path MODEL --input src.txt --output hyp.txt --num_beams 1
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from hf_vanilla_transformer.cli import GenerationArguments, parse_args, setup_logging, translate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TranslateArguments:
+    model_name_or_path: str = field(metadata={"help": "A trained model folder (or Hub name) with its tokenizer."})
+    input: str | None = field(default=None, metadata={"help": "Source sentences, one a line (default: stdin)."})
+    output: str | None = field(default=None, metadata={"help": "File for the translations (default: stdout)."})
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    args, generation_args = parse_args((TranslateArguments, GenerationArguments), argv)
+    setup_logging(logging.WARNING)  # stdout may be the translations: keep the chatter on stderr short
+    text = Path(args.input).read_text(encoding="utf-8") if args.input else sys.stdin.read()
+    lines = text.split("\n")
+    if lines[-1] == "":  # the final line end is optional
+        lines.pop()
+    lines = [line.removesuffix("\r") for line in lines]
+    model = AutoModelForSeq2SeqLM.from_pretrained(args.model_name_or_path).to(generation_args.torch_device())
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    translations = translate(model, tokenizer, lines, generation_args.batch_size, **generation_args.generate_kwargs())
+    out = "".join(f"{t}\n" for t in translations)
+    if args.output:
+        Path(args.output).write_text(out, encoding="utf-8")
+    else:
+        sys.stdout.write(out)
+    return translations
+
+
+if __name__ == "__main__":
+    main()
