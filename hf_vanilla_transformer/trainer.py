@@ -8,13 +8,15 @@ What the stock Trainer lacks, and this subclass adds:
   the smoothed loss;
 - the paper's optimizer and schedule (`build_optimizer`) instead of AdamW with linear decay;
 - a model generation config left as it was by `predict_with_generate` (the stock `prediction_step` writes
-  transformers' defaults, `max_length=20` among them, into it in place, and they would be saved with the model).
+  transformers' defaults, `max_length=20` among them, into it in place, and they would be saved with the model),
+  and a `config.use_cache` left as it was (the stock `__init__` sets it to `args.use_cache`, False).
 """
 
 import copy
 from dataclasses import dataclass, field
 from functools import partial
 
+import datasets
 import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
@@ -78,6 +80,13 @@ class VanillaSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(f"warmup_steps must be a whole number of updates >= 1 (§5.3), got {self.warmup_steps}")
         if self.average_last < 0:
             raise ValueError(f"average_last must be >= 0, got {self.average_last}")
+        if self.average_last and self.save_strategy == "no":
+            raise ValueError(f"average_last={self.average_last} needs checkpoints: set save_strategy and save_steps")
+        if self.average_last and self.save_total_limit is not None and self.save_total_limit < self.average_last:
+            raise ValueError(
+                f"save_total_limit={self.save_total_limit} keeps fewer checkpoints than "
+                f"average_last={self.average_last}"
+            )
         if self.lr_scale <= 0:
             raise ValueError(f"lr_scale must be positive, got {self.lr_scale}")
         if self.weight_decay:
@@ -113,7 +122,8 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
 
     Without `data_collator`, `DataCollatorForSeq2Seq(processing_class, model=model)` builds the padded batches and
     the decoder inputs (labels shifted right). Without `optimizers`, `build_optimizer` makes Adam and the schedule
-    of §5.3 (so, like any `optimizers=`, not with FSDP).
+    of §5.3 (so, like any `optimizers=`, not with FSDP). After `train()` starts, `tokens_per_update` holds the
+    mean real source and target tokens of one update (all processes and accumulation steps).
     """
 
     # compute_loss divides by the label tokens of the whole update: the Trainer must not divide again.
@@ -152,6 +162,11 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
         dataset = self.train_dataset
+        if not isinstance(dataset, datasets.Dataset):
+            raise ValueError(
+                "train_dataset must be a datasets.Dataset with input_ids and labels (see data.tokenize_corpus), "
+                f"got {type(dataset).__name__}"
+            )
         columns = dataset.column_names
         # data.tokenize_corpus stores the lengths; count them otherwise.
         src_lengths = dataset["src_len"] if "src_len" in columns else [len(ids) for ids in dataset["input_ids"]]

@@ -301,6 +301,18 @@ def test_arguments_are_checked(tokenizer, tmp_path):
         training_args(tmp_path, weight_decay=0.01)
     with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
         training_args(tmp_path, max_tokens=0)
+    with pytest.raises(ValueError, match="average_last=3 needs checkpoints: set save_strategy"):
+        training_args(tmp_path, average_last=3, save_strategy="no")
+    with pytest.raises(ValueError, match="save_total_limit=2 keeps fewer checkpoints than average_last=3"):
+        training_args(tmp_path, average_last=3, save_strategy="steps", save_total_limit=2)
+    trainer = VanillaSeq2SeqTrainer(
+        model=tiny_model(tokenizer),
+        args=training_args(tmp_path, max_steps=1),
+        train_dataset=[{"input_ids": [5, 2], "labels": [6, 2]}],
+        processing_class=tokenizer,
+    )
+    with pytest.raises(ValueError, match="train_dataset must be a datasets.Dataset with input_ids and labels"):
+        trainer.train()
     plain = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     with pytest.raises(ValueError, match="args must be VanillaSeq2SeqTrainingArguments"):
         VanillaSeq2SeqTrainer(model=tiny_model(tokenizer), args=plain, processing_class=tokenizer)
