@@ -4,11 +4,10 @@ from flags or one JSON file, logging, building the tokenizer and model, and batc
 The scripts stay one page each; everything they do is a call into this module or the recipe modules.
 """
 
-import importlib
-import importlib.util
 import json
 import logging
-import shutil
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -23,6 +22,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser,
 from .configuration_vanilla_transformer import PRESETS, VanillaTransformerConfig
 from .data import load_parallel_corpus
 from .metrics import sacrebleu_scores, tokenized_bleu
+from .model_card import write_model_card
 from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from .tokenization import check_tokenizer_matches_config, train_bpe_tokenizer
 
@@ -234,6 +234,38 @@ def translate(
     return outputs
 
 
+def read_results(model_dir: str | Path) -> dict:
+    """MODEL_DIR/results.json: scores per split, and a "training" entry for models trained by scripts/train.py."""
+    path = Path(model_dir) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_results(model_dir: str | Path, entries: dict) -> dict:
+    """Merges `entries` into MODEL_DIR/results.json (what the model card reports) and returns the whole."""
+    path = Path(model_dir) / RESULTS_FILE
+    results = read_results(model_dir) | entries
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    logger.info("Results written to %s", path)
+    return results
+
+
+def training_summary(
+    argv: Sequence[str], training_args, data_args: DataArguments, runtime_s: float, updates: int
+) -> dict:
+    """The "training" entry of results.json, for the model card: command, hardware, minutes, updates, languages."""
+    processes = training_args.world_size
+    launcher = "python" if processes == 1 else f"accelerate launch --num_processes {processes}"
+    device = training_args.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    return {
+        "command": f"{launcher} scripts/train.py {shlex.join(argv)}",
+        "hardware": f"{processes} x {name}",
+        "minutes": round(runtime_s / 60, 1),
+        "updates": updates,
+        "languages": [data_args.source_lang, data_args.target_lang],
+    }
+
+
 def evaluate_splits(
     model,
     tokenizer: PreTrainedTokenizerBase,
@@ -258,8 +290,7 @@ def evaluate_splits(
     paper_fields = ("num_beams", "length_penalty", "length_penalty_form", "max_length_offset")
     decoding = {k: getattr(model.generation_config, k, None) for k in paper_fields} | generate_kwargs
 
-    results_file = output_dir / RESULTS_FILE
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    results = {}
     for split in splits:
         hypotheses = translate(model, tokenizer, list(corpus[split][src]), batch_size, **generate_kwargs)
         (output_dir / f"hypotheses.{split}.{tgt}.txt").write_text("".join(f"{h}\n" for h in hypotheses))
@@ -271,18 +302,15 @@ def evaluate_splits(
             line += f", tokenised BLEU {tok['bleu']:.2f}"
         results[split] = {**scores, "sentences": len(hypotheses), "decoding": decoding}
         logger.info("%s [%s]", line, scores["bleu_signature"])
-    results_file.write_text(json.dumps(results, indent=2) + "\n")
-    logger.info("Scores written to %s", results_file)
-    return results
+    return update_results(output_dir, results)
 
 
-def export_model_folder(model_dir: str | Path, output_dir: str | Path) -> list[str]:
-    """Writes the folder a Hub repo gets: model with remote code and pipeline, tokenizer, generation config, card.
+def export_model_folder(model_dir: str | Path, output_dir: str | Path, name: str) -> list[str]:
+    """Writes the folder a Hub repo `name` gets: model with remote code and pipeline, tokenizer, generation config
+    and the model card (README.md, from MODEL_DIR/results.json). Returns the file names written.
 
     Loading and saving again (rather than copying) writes `auto_map`, `custom_pipelines` and the Python files of
-    this version of the package. The card (README.md) comes from `model_card.write_model_card(output_dir,
-    results)` when that module exists, with `results` read from MODEL_DIR/results.json; otherwise MODEL_DIR's
-    README.md is copied if there is one. Returns the file names written.
+    this version of the package.
     """
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
@@ -293,14 +321,7 @@ def export_model_folder(model_dir: str | Path, output_dir: str | Path) -> list[s
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    results_file = model_dir / RESULTS_FILE
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    if importlib.util.find_spec(f"{__package__}.model_card") is not None:
-        importlib.import_module(f"{__package__}.model_card").write_model_card(output_dir, results)
-    elif (model_dir / "README.md").is_file():
-        shutil.copy(model_dir / "README.md", output_dir / "README.md")
-    else:
-        logger.warning("No model card: %s has no README.md", model_dir)
+    write_model_card(output_dir, read_results(model_dir), name=name)
     return sorted(path.name for path in output_dir.iterdir())
 
 
@@ -313,7 +334,10 @@ __all__ = [
     "export_model_folder",
     "load_or_train_tokenizer",
     "parse_args",
+    "read_results",
     "setup_logging",
     "train_tokenizer",
+    "training_summary",
     "translate",
+    "update_results",
 ]

@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> Path | None:
     args = parser.parse_args(argv)
     setup_logging()
     if args.dry_run:
-        files = export_model_folder(args.model_dir, args.dry_run)
+        files = export_model_folder(args.model_dir, args.dry_run, name=args.repo_id)
         logger.info("Dry run: %s holds what would go to %s: %s", args.dry_run, args.repo_id, ", ".join(files))
         return Path(args.dry_run)
     with tempfile.TemporaryDirectory() as folder:
-        files = export_model_folder(args.model_dir, folder)
+        files = export_model_folder(args.model_dir, folder, name=args.repo_id)
         api = HfApi()
         api.create_repo(args.repo_id, private=args.private, exist_ok=True)
         api.upload_folder(folder_path=folder, repo_id=args.repo_id, commit_message=args.commit_message)

@@ -11,6 +11,7 @@ sacreBLEU/chrF (and tokenised BLEU) of the validation and eval splits in results
 """
 
 import logging
+import sys
 from pathlib import Path
 
 import transformers
@@ -26,6 +27,8 @@ from hf_vanilla_transformer.cli import (
     load_or_train_tokenizer,
     parse_args,
     setup_logging,
+    training_summary,
+    update_results,
 )
 from hf_vanilla_transformer.data import tokenize_corpus
 from hf_vanilla_transformer.metrics import build_compute_metrics
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args = parse_args(
         (ModelArguments, DataArguments, VanillaSeq2SeqTrainingArguments), argv
     )
@@ -90,6 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
         logger.info("Averaged the last %d checkpoints into %s", training_args.average_last, model_dir)
         model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(training_args.device)
+    summary = training_summary(
+        argv, training_args, data_args, train_result.metrics["train_runtime"], trainer.state.global_step
+    )
+    update_results(model_dir, {"training": summary})
     splits = [data_args.validation_split, *data_args.eval_splits]
     return evaluate_splits(
         model, tokenizer, data_args, splits, model_dir, batch_size=training_args.per_device_eval_batch_size

@@ -186,6 +186,10 @@ def test_train_saves_checkpoints_model_average_and_scores(corpus, run):
 
     # results.json beside the scored (averaged) model, scores recomputable from the hypotheses written
     results = json.loads((run / "averaged" / "results.json").read_text())
+    training = results.pop("training")  # for the model card
+    assert training["command"].startswith(f"python scripts/train.py {run.parent / run.name}.json")
+    assert (training["updates"], training["languages"]) == (120, ["en", "de"])
+    assert training["hardware"].startswith("1 x CPU") and training["minutes"] >= 0
     assert sorted(results) == ["test_2016_flickr", "val"]
     raw = load_parallel_corpus(corpus, "en", "de", splits=["val", "test_2016_flickr"])
     tok = load_parallel_corpus(corpus / "tok", "en", "de")
@@ -305,19 +309,10 @@ print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__,
 """
 
 
-@pytest.fixture
-def model_with_card(run, tmp_path) -> Path:
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    for path in (run / "averaged").iterdir():
-        (model_dir / path.name).write_bytes(path.read_bytes())
-    (model_dir / "README.md").write_text("# Transformer-tiny en-de\n")
-    return model_dir
-
-
-def test_push_to_hub_dry_run_writes_a_self_contained_repo(model_with_card, tmp_path):
+def test_push_to_hub_dry_run_writes_a_self_contained_repo(run, tmp_path):
+    model_dir = run / "averaged"
     push = script("push_to_hub")
-    folder = push.main([str(model_with_card), "--repo_id", "me/tiny", "--dry_run", str(tmp_path / "up")])
+    folder = push.main([str(model_dir), "--repo_id", "me/tiny", "--dry_run", str(tmp_path / "up")])
     assert sorted(p.name for p in folder.iterdir()) == EXPECTED_HUB_FILES
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {
@@ -332,12 +327,16 @@ def test_push_to_hub_dry_run_writes_a_self_contained_repo(model_with_card, tmp_p
         "gnmt",
         50,
     )
-    if importlib.util.find_spec("hf_vanilla_transformer.model_card") is None:
-        assert (folder / "README.md").read_text() == "# Transformer-tiny en-de\n"
+    # the card names the repo and reports the scores of MODEL_DIR/results.json
+    card = (folder / "README.md").read_text()
+    scores = json.loads((model_dir / "results.json").read_text())
+    assert 'pipeline("translation", model="me/tiny", trust_remote_code=True)' in card
+    assert f"| val | {scores['val']['bleu']:.2f} | {scores['val']['chrf']:.2f} | - |" in card
+    assert f"{scores['training']['updates']} updates" in card
 
     # the folder generates what the trained model generates, in this process and as remote code elsewhere
-    trained = AutoModelForSeq2SeqLM.from_pretrained(model_with_card)
-    tokenizer = AutoTokenizer.from_pretrained(model_with_card)
+    trained = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(folder)
     batch = tokenizer(["A big dog runs.", "The woman sits on the grass."], return_tensors="pt", padding=True)
     assert torch.equal(reloaded.generate(**batch), trained.generate(**batch))
@@ -353,10 +352,11 @@ def test_push_to_hub_dry_run_writes_a_self_contained_repo(model_with_card, tmp_p
     assert loaded["text"] == tokenizer.decode(trained.generate(**single)[0], skip_special_tokens=True)
 
     with pytest.raises(ValueError, match="exists and is not an empty folder"):
-        push.main([str(model_with_card), "--repo_id", "me/tiny", "--dry_run", str(folder)])
+        push.main([str(model_dir), "--repo_id", "me/tiny", "--dry_run", str(folder)])
 
 
-def test_push_to_hub_uploads_the_same_folder(model_with_card, monkeypatch):
+def test_push_to_hub_uploads_the_same_folder(run, monkeypatch):
+    model_dir = run / "averaged"
     calls = []
 
     class FakeApi:
@@ -368,7 +368,7 @@ def test_push_to_hub_uploads_the_same_folder(model_with_card, monkeypatch):
 
     push = script("push_to_hub")
     monkeypatch.setattr(push, "HfApi", FakeApi)
-    push.main([str(model_with_card), "--repo_id", "me/tiny", "--private"])
+    push.main([str(model_dir), "--repo_id", "me/tiny", "--private"])
     assert calls == [("create_repo", "me/tiny", True, True), ("upload_folder", "me/tiny", EXPECTED_HUB_FILES)]
 
 
