@@ -13,6 +13,7 @@ What the stock Trainer lacks, and this subclass adds:
 """
 
 import copy
+import time
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -68,6 +69,13 @@ class VanillaSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every parameter gets a gradient: DDP need not search for unused ones."}
     )
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training, saving a checkpoint, once this many minutes of wall time have passed (for "
+            "runs of fixed duration, such as the README's); default: no limit."
+        },
+    )
     predict_with_generate: bool = field(
         default=True, metadata={"help": "Evaluate with generate() (beam search of §6.1) to report BLEU."}
     )
@@ -87,6 +95,8 @@ class VanillaSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
                 f"save_total_limit={self.save_total_limit} keeps fewer checkpoints than "
                 f"average_last={self.average_last}"
             )
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise ValueError(f"max_train_minutes must be positive, got {self.max_train_minutes}")
         if self.lr_scale <= 0:
             raise ValueError(f"lr_scale must be positive, got {self.lr_scale}")
         if self.weight_decay:
@@ -115,6 +125,23 @@ class _RecipeCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         # state.epoch is `epoch + fraction done`: its floor is the epoch the Trainer is about to run.
         self.sampler.set_epoch(int(state.epoch or 0))
+
+
+class _TimeBudgetCallback(TrainerCallback):
+    """Ends training after `max_train_minutes` of wall time, saving the last state like a planned end would."""
+
+    def __init__(self, minutes: float):
+        self.seconds = 60 * minutes
+        self.start = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.start >= self.seconds:
+            logger.info("Stopping after %.1f minutes (max_train_minutes)", self.seconds / 60)
+            control.should_training_stop = True
+            control.should_save = True
 
 
 class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
@@ -181,6 +208,9 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
         self._log_tokens_per_update(sampler)
         self.pop_callback(_RecipeCallback)  # the one of an earlier train() call
         self.add_callback(_RecipeCallback(self, sampler))
+        if self.args.max_train_minutes is not None:
+            self.pop_callback(_TimeBudgetCallback)
+            self.add_callback(_TimeBudgetCallback(self.args.max_train_minutes))
 
         num_workers = self.args.dataloader_num_workers
         loader = DataLoader(

@@ -244,6 +244,21 @@ def test_copy_task_loss_decreases(tokenizer, tmp_path):
     assert all(entry["nll_loss"] < entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
 
 
+def test_max_train_minutes_stops_and_saves(tokenizer, tmp_path):
+    dataset = copy_dataset(tokenizer, sentences(120, seed=5, max_words=6))
+    args = training_args(
+        tmp_path, max_tokens=120, max_steps=40, max_train_minutes=1e-6, save_strategy="steps", save_steps=100
+    )
+    trainer = VanillaSeq2SeqTrainer(
+        model=tiny_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1  # the budget was spent after the first update
+    assert (tmp_path / "run" / "checkpoint-1" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="max_train_minutes must be positive, got 0"):
+        training_args(tmp_path, max_train_minutes=0)
+
+
 def test_resumed_run_sees_the_batches_of_an_uninterrupted_run(tokenizer, tmp_path):
     dataset = copy_dataset(tokenizer, sentences(24, seed=6))
 
