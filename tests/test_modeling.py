@@ -138,6 +138,19 @@ def test_eager_attention_returns_masked_maps_per_layer(batch):
     assert out.encoder_attentions[0][1, :, :, 4:].eq(0).all()
 
 
+def test_sdpa_is_the_default_and_never_makes_the_encoder_or_cross_attention_causal(tiny_model):
+    """sdpa treats a module without `is_causal` as causal when no mask is given (no padding here)."""
+    assert tiny_model.config._attn_implementation == "sdpa"
+    source = torch.tensor([[5, 6, 7, 8, 2]])
+    changed = source.clone()
+    changed[0, 3] = 30
+    encoded = [tiny_model.get_encoder()(ids).last_hidden_state for ids in (source, changed)]
+    assert not torch.allclose(encoded[0][:, 0], encoded[1][:, 0])  # position 0 sees position 3
+    decoder_input_ids = torch.tensor([[1, 20]])
+    logits = [tiny_model(input_ids=ids, decoder_input_ids=decoder_input_ids).logits for ids in (source, changed)]
+    assert not torch.allclose(logits[0][:, 0], logits[1][:, 0])  # the first target position sees the whole source
+
+
 def test_eager_and_sdpa_agree(batch):
     eager, sdpa = make_tiny_model(attn_implementation="eager"), make_tiny_model(attn_implementation="sdpa")
     torch.testing.assert_close(eager(**batch).logits, sdpa(**batch).logits, atol=1e-5, rtol=1e-4)
