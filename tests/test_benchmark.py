@@ -1,0 +1,183 @@
+"""benchmarks/benchmark.py: the peers really are our model, the FLOP count is exact, and a run reports every row."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import MarianMTModel
+
+from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.modeling_vanilla_transformer import sinusoids
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import benchmark  # noqa: E402
+
+MICRO = "micro:16:1:2:32"
+
+
+@pytest.fixture
+def config() -> VanillaTransformerConfig:
+    return VanillaTransformerConfig(**TINY, init_std=0.5, max_position_embeddings=64)
+
+
+@pytest.fixture
+def ours(config) -> VanillaTransformerForConditionalGeneration:
+    torch.manual_seed(0)
+    return VanillaTransformerForConditionalGeneration(config).eval()
+
+
+@pytest.fixture
+def padded_batch() -> dict[str, torch.Tensor]:
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 2], [10, 11, 12, 2, 0, 0]])
+    labels = torch.tensor([[13, 14, 15, 16, 2], [17, 18, 2, -100, -100]])
+    return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "labels": labels}
+
+
+def marian_with_our_weights(ours, our_positions: bool) -> MarianMTModel:
+    marian = MarianMTModel(benchmark.marian_config(ours.config))
+    benchmark.port_to_marian(ours, marian, our_positions=our_positions)
+    return marian.eval()
+
+
+def test_marian_with_our_weights_and_positions_gives_our_logits_and_loss(ours, padded_batch):
+    marian = marian_with_our_weights(ours, our_positions=True)
+    with torch.no_grad():
+        expected, got = ours(**padded_batch), marian(**padded_batch)
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    assert marian.final_logits_bias.abs().sum() == 0
+    assert marian.lm_head.weight is marian.model.shared.weight  # tied, as ours (§3.4)
+
+
+def test_marians_own_sinusoids_are_ours_with_sines_first_so_its_logits_differ(ours, padded_batch):
+    marian = marian_with_our_weights(ours, our_positions=False)
+    table, d = marian.model.encoder.embed_positions.weight, ours.config.d_model
+    interleaved = sinusoids(torch.arange(table.shape[0]), d)
+    torch.testing.assert_close(table[:, : d // 2], interleaved[:, 0::2], atol=1e-6, rtol=0)  # sin
+    torch.testing.assert_close(table[:, d // 2 :], interleaved[:, 1::2], atol=1e-6, rtol=0)  # cos
+    with torch.no_grad():
+        assert not torch.allclose(marian(**padded_batch).logits, ours(**padded_batch).logits, atol=1e-3)
+
+
+def test_marian_port_refuses_a_model_of_another_shape(ours, config):
+    other = MarianMTModel(benchmark.marian_config(VanillaTransformerConfig(**{**TINY, "decoder_layers": 3})))
+    with pytest.raises(ValueError, match=r"Marian port: none of our weights for \['model.decoder.layers.2"):
+        benchmark.port_to_marian(ours, other)
+
+
+def test_torch_transformer_peer_with_our_weights_gives_our_logits_and_loss(ours, config, padded_batch):
+    peer = benchmark.TorchTransformerTranslator(config)
+    benchmark.port_to_torch_transformer(ours, peer)
+    peer.eval()
+    with torch.no_grad():
+        expected, got = ours(**padded_batch), peer(**padded_batch)
+    mask = padded_batch["labels"] != -100  # positions after the target end hold different garbage
+    torch.testing.assert_close(got.logits[mask], expected.logits[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_transformer_greedy_equals_our_generate_at_forced_length(ours, config, padded_batch):
+    peer = benchmark.TorchTransformerTranslator(config)
+    benchmark.port_to_torch_transformer(ours, peer)
+    peer.eval()
+    sources = {k: padded_batch[k] for k in ("input_ids", "attention_mask")}
+    expected = ours.generate(**sources, num_beams=1, min_new_tokens=7, max_new_tokens=7)
+    assert torch.equal(peer.greedy(*sources.values(), length=7), expected)
+
+
+def test_torch_transformer_peer_puts_dropout_where_we_do():
+    config = VanillaTransformerConfig(**TINY, dropout=0.3, attention_dropout=0.1, activation_dropout=0.2)
+    peer = benchmark.TorchTransformerTranslator(config)
+    decoder_layer = peer.transformer.decoder.layers[0]
+    assert (decoder_layer.dropout1.p, decoder_layer.dropout2.p, decoder_layer.dropout3.p) == (0.3, 0.3, 0.3)
+    assert decoder_layer.dropout.p == 0.2  # after the ReLU
+    assert decoder_layer.self_attn.dropout == decoder_layer.multihead_attn.dropout == 0.1
+    assert peer.transformer.encoder.norm is None and peer.transformer.decoder.norm is None  # post-LN: none
+
+
+def test_training_flops_equal_torchs_flop_counter_over_eager_attention():
+    config = VanillaTransformerConfig(**{**TINY, "decoder_layers": 1, "decoder_ffn_dim": 24})
+    model = VanillaTransformerForConditionalGeneration(config)
+    model.set_attn_implementation("eager")  # matmuls the counter sees (it skips the CPU sdpa kernel)
+    input_ids, labels = torch.randint(4, 99, (3, 7)), torch.randint(4, 99, (3, 5))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels).loss.backward()
+    assert benchmark.training_flops(config, 3, 7, 5) == counter.get_total_flops()
+
+
+def test_token_budget_batches_fill_up_to_the_budget_with_multi30k_lengths():
+    batches = benchmark.token_budget_batches(3, 500, 100, torch.Generator().manual_seed(0))
+    for batch in batches:
+        target_lengths = (batch.labels != -100).sum(-1)
+        assert batch.target_tokens == int(target_lengths.sum()) <= 500
+        assert batch.target_tokens > 500 - 30  # one more sentence would not have fitted
+        assert target_lengths.min() >= 10 and target_lengths.max() <= 30
+        source_lengths = batch.attention_mask.sum(-1)
+        ends = batch.input_ids.gather(1, (source_lengths - 1)[:, None])
+        assert (ends == benchmark.EOS).all()
+        words = batch.input_ids[(batch.input_ids != 0) & (batch.input_ids != benchmark.EOS)]
+        assert words.min() >= 4 and words.max() < 99  # never a special, never the last id
+
+
+def test_sizes_are_presets_or_custom_and_bad_ones_are_refused():
+    name, config = benchmark.parse_size(MICRO, 64)
+    assert (name, config.d_model, config.decoder_layers, config.decoder_attention_heads) == ("micro", 16, 1, 2)
+    assert benchmark.parse_size("small", 64)[1].d_model == 256
+    with pytest.raises(ValueError, match="A custom size must read NAME:D_MODEL:LAYERS:HEADS:FFN"):
+        benchmark.parse_size("micro:16:1", 64)
+    with pytest.raises(ValueError, match="Unknown preset 'huge'"):
+        benchmark.parse_size("huge", 64)
+
+
+def test_round_robin_order_rotates_and_ratios_are_relative_to_marian():
+    assert [benchmark.rotated("abc", rep) for rep in range(3)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    rows = [benchmark.LatencyResult("s", engine, "greedy", 1, 40, ms) for engine, ms in (("marian", 30), ("ours", 20))]
+    benchmark.add_ratios(rows, "engine", "ms_median", ("size", "decoding"), higher_is_better=False)
+    assert [row.vs_marian for row in rows] == [1.0, 1.5]
+
+
+def test_quick_run_on_a_micro_size_reports_every_model_engine_and_decoding(tmp_path):
+    pytest.importorskip("ctranslate2")
+    json_path, md_path = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = ["--quick", "--sizes", MICRO, "--vocab_size", "64", "--skip_memory", "--threads", "1"]
+    benchmark.main([*args, "--output_json", str(json_path), "--output_md", str(md_path)])
+    report = json.loads(json_path.read_text())
+
+    assert report["skipped"] == []
+    assert {"cpu", "usable_cpus", "torch_threads", "versions"} <= report["machine"].keys()
+    assert report["machine"]["torch_threads"] == 1
+    training = {row["model"]: row for row in report["training"]}
+    assert training.keys() == {"ours", "marian", "torch_nn"}
+    for row in training.values():
+        assert row["steps"] == 2 and row["tokens_per_s"] == pytest.approx(row["target_tokens"] / row["seconds"])
+        assert row["mfu"] is None and row["memory_mib"] is None  # CPU; --skip_memory
+    assert training["marian"]["vs_marian"] == 1.0
+
+    engines = {"ours", "marian", "torch_nn"} | {
+        f"ct2_{m}_{t}" for m in ("ours", "marian") for t in ("float32", "int8")
+    }
+    throughput = {(row["engine"], row["decoding"]) for row in report["throughput"]}
+    assert {e for e, d in throughput if d == "greedy"} == engines
+    assert {e for e, d in throughput if d == "beam4"} == engines - {"torch_nn"}
+    assert {e for e, d in throughput if d == "beam4_gnmt"} == {"ours"}
+    assert all(row["sentences"] == 32 and row["output_length"] == 40 for row in report["throughput"])
+    latency = {(row["engine"], row["decoding"]) for row in report["latency"]}
+    assert latency == throughput - {("ours", "beam4_gnmt")}
+    markdown = md_path.read_text()
+    assert "| micro | ct2_marian_int8 | beam4 |" in markdown and "## Single-sentence latency" in markdown
+
+
+@pytest.mark.slow  # three fresh interpreters import torch and transformers: 15-60 s on two shared cores
+def test_cpu_training_footprints_hold_the_logits_and_agree_across_codebases():
+    """Each model trains in a fresh process; with a large vocabulary the logits dominate, in every codebase alike."""
+    batches = benchmark.token_budget_batches(1, 500, 20000, torch.Generator().manual_seed(0))
+    config = benchmark.parse_size(MICRO, 20000)[1]
+    footprints = benchmark.training_footprints_mib(benchmark.MODELS, config, batches, benchmark.Settings(sizes={}))
+    logits_mib = batches[0].labels.numel() * config.vocab_size * 4 / 2**20  # one (B, T, V) float32 tensor
+    assert footprints.keys() == set(benchmark.MODELS)
+    assert all(footprint > 2 * logits_mib for footprint in footprints.values())  # logits and their gradient
+    assert max(footprints.values()) < 1.3 * min(footprints.values())
