@@ -326,8 +326,8 @@ def _add(collected: tuple | None, item: torch.Tensor | None) -> tuple | None:
     return None if collected is None else (*collected, item)
 
 
-class VanillaTransformerEncoder(nn.Module):
-    """The encoder stack, §3.1: N identical layers over the scaled token embeddings plus positions (§3.4, §3.5)."""
+class VanillaTransformerStack(nn.Module):
+    """The input of both stacks, §3.4-3.5 and §5.4: Dropout(Embedding(x) * sqrt(d_model) + PE)."""
 
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__()
@@ -335,6 +335,19 @@ class VanillaTransformerEncoder(nn.Module):
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
         self.embed_positions = POSITIONAL_EMBEDDINGS[config.position_embedding_type](config)
+
+    def embed(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+        positions = torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)
+        embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, L, C)
+        hidden_states = embeds + self.embed_positions(positions).to(embeds.dtype)
+        return nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+
+
+class VanillaTransformerEncoder(VanillaTransformerStack):
+    """The encoder stack, §3.1: N identical layers of self-attention and feed-forward sub-layers."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
         self.layers = nn.ModuleList(VanillaTransformerEncoderLayer(config) for _ in range(config.encoder_layers))
 
     def forward(
@@ -346,11 +359,10 @@ class VanillaTransformerEncoder(nn.Module):
         return_dict: bool = True,
         **kwargs,
     ) -> BaseModelOutput:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, S, C)
-        hidden_states = embeds + self.embed_positions(positions).to(embeds.dtype)
-        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
-        mask = create_bidirectional_mask(config=self.config, inputs_embeds=embeds, attention_mask=attention_mask)
+        hidden_states = self.embed(input_ids)  # (B, S, C)
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -364,15 +376,11 @@ class VanillaTransformerEncoder(nn.Module):
         )
 
 
-class VanillaTransformerDecoder(nn.Module):
+class VanillaTransformerDecoder(VanillaTransformerStack):
     """The decoder stack, §3.1: N layers, masked so that position i sees only positions before it."""
 
     def __init__(self, config: VanillaTransformerConfig):
-        super().__init__()
-        self.config = config
-        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
-        self.embed_positions = POSITIONAL_EMBEDDINGS[config.position_embedding_type](config)
+        super().__init__(config)
         self.layers = nn.ModuleList(
             VanillaTransformerDecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)
         )
@@ -390,21 +398,16 @@ class VanillaTransformerDecoder(nn.Module):
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        past_length = cache.get_seq_length() if cache is not None else 0
-        positions = torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)
-        embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, T, C)
-        hidden_states = embeds + self.embed_positions(positions).to(embeds.dtype)
-        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
-
+        hidden_states = self.embed(input_ids, cache.get_seq_length() if cache is not None else 0)  # (B, T, C)
         causal_mask = create_causal_mask(
             config=self.config,
-            inputs_embeds=embeds,
+            inputs_embeds=hidden_states,
             attention_mask=attention_mask,
             cache=cache.self_attention_cache if cache is not None else None,
         )
         encoder_mask = create_bidirectional_mask(
             config=self.config,
-            inputs_embeds=embeds,
+            inputs_embeds=hidden_states,
             attention_mask=encoder_attention_mask,
             encoder_hidden_states=encoder_hidden_states,
         )
