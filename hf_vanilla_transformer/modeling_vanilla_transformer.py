@@ -254,11 +254,11 @@ class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
 class VanillaTransformerPreTrainedModel(PreTrainedModel):
     """Weight initialisation and the flags transformers reads (attention kernels, checkpointing, caching).
 
-    Note: the paper does not give its initialisation. We follow its reference code (tensor2tensor, as fairseq
-    does): Xavier-uniform projections with zero biases, and embeddings drawn from N(0, d_model^-0.5) so that
-    after the sqrt(d_model) scale (§3.4) they have unit variance, the scale of the sinusoids. Setting
-    `config.init_std` gives transformers' N(0, init_std) for every weight matrix instead (see the model card
-    for the measured difference).
+    Note: the paper does not give its initialisation. We follow fairseq's Transformer (the Annotated
+    Transformer also uses Xavier): Xavier-uniform projections with zero biases, and embeddings drawn from
+    N(0, d_model^-0.5) so that after the sqrt(d_model) scale (§3.4) they have unit variance, the scale of the
+    sinusoids. Setting `config.init_std` gives transformers' N(0, init_std) for every weight matrix instead
+    (convergence of the two on Multi30k is not yet compared).
     """
 
     config_class = VanillaTransformerConfig
