@@ -472,6 +472,11 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         **kwargs,
     ) -> Seq2SeqModelOutput:
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs attn_implementation='eager' (the {self.config._attn_implementation!r} "
+                "kernel does not return attention weights): load the model with attn_implementation='eager'."
+            )
         if encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("Pass `input_ids` (the source sentence) or precomputed `encoder_outputs`.")

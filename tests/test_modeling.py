@@ -138,6 +138,11 @@ def test_eager_attention_returns_masked_maps_per_layer(batch):
     assert out.encoder_attentions[0][1, :, :, 4:].eq(0).all()
 
 
+def test_attention_maps_from_sdpa_are_a_clear_error(tiny_model, batch):
+    with pytest.raises(ValueError, match="output_attentions=True needs attn_implementation='eager'"):
+        tiny_model(**batch, output_attentions=True)
+
+
 def test_sdpa_is_the_default_and_never_makes_the_encoder_or_cross_attention_causal(tiny_model):
     """sdpa treats a module without `is_causal` as causal when no mask is given (no padding here)."""
     assert tiny_model.config._attn_implementation == "sdpa"
