@@ -658,6 +658,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         # Beam search fills finished hypotheses with `pad_token_id or eos_token_id`: </s> when <pad> is id 0.
         is_eos = sequences == self.config.eos_token_id
+        is_eos[:, 0] = False  # the decoder start token, even where a model starts with </s>
         after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
         sequences.masked_fill_(after_eos, self.config.pad_token_id)
         return output
