@@ -213,6 +213,25 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase):
     return model
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def load_model_and_tokenizer(name_or_path: str | Path) -> tuple:
+    """A trained model and its tokenizer from a local folder or a Hub name, with a clear error for a folder
+    that does not exist or lacks one of `MODEL_FILES` (transformers would report a malformed Hub id instead)."""
+    path = Path(name_or_path)
+    if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+        if not path.is_dir():
+            raise FileNotFoundError(f"model folder {path} does not exist")
+        missing = [name for name in MODEL_FILES if not (path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a complete model folder: it has no {', '.join(missing)}")
+    model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    check_tokenizer_matches_config(tokenizer, model.config)
+    return model, tokenizer
+
+
 @torch.no_grad()
 def translate(
     model, tokenizer: PreTrainedTokenizerBase, lines: Sequence[str], batch_size: int = 64, **generate_kwargs
@@ -317,8 +336,7 @@ def export_model_folder(model_dir: str | Path, output_dir: str | Path, name: str
         raise ValueError(f"output folder {output_dir} exists and is not an empty folder")
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     write_model_card(output_dir, read_results(model_dir), name=name)
@@ -332,6 +350,7 @@ __all__ = [
     "build_model",
     "evaluate_splits",
     "export_model_folder",
+    "load_model_and_tokenizer",
     "load_or_train_tokenizer",
     "parse_args",
     "read_results",

@@ -8,9 +8,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-from hf_vanilla_transformer.cli import DataArguments, GenerationArguments, evaluate_splits, parse_args, setup_logging
+from hf_vanilla_transformer.cli import (
+    DataArguments,
+    GenerationArguments,
+    evaluate_splits,
+    load_model_and_tokenizer,
+    parse_args,
+    setup_logging,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = eval_args.output_dir or eval_args.model_name_or_path
     if eval_args.output_dir is None and not Path(output_dir).is_dir():
         raise ValueError(f"--output_dir is required when --model_name_or_path is not a folder: {output_dir!r}")
-    model = AutoModelForSeq2SeqLM.from_pretrained(eval_args.model_name_or_path).to(generation_args.torch_device())
-    tokenizer = AutoTokenizer.from_pretrained(eval_args.model_name_or_path)
+    model, tokenizer = load_model_and_tokenizer(eval_args.model_name_or_path)
+    model = model.to(generation_args.torch_device())
     return evaluate_splits(
         model,
         tokenizer,

@@ -9,9 +9,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-from hf_vanilla_transformer.cli import GenerationArguments, parse_args, setup_logging, translate
+from hf_vanilla_transformer.cli import (
+    GenerationArguments,
+    load_model_and_tokenizer,
+    parse_args,
+    setup_logging,
+    translate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +35,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     if lines[-1] == "":  # the final line end is optional
         lines.pop()
     lines = [line.removesuffix("\r") for line in lines]
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model_name_or_path).to(generation_args.torch_device())
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    model, tokenizer = load_model_and_tokenizer(args.model_name_or_path)
+    model = model.to(generation_args.torch_device())
     translations = translate(model, tokenizer, lines, generation_args.batch_size, **generation_args.generate_kwargs())
     out = "".join(f"{t}\n" for t in translations)
     if args.output:

@@ -416,3 +416,13 @@ def test_accelerate_launch_trains_on_two_processes(corpus, tmp_path):
     assert finished == {"0": str(math.ceil(len(batches) / 2)), "1": str(math.ceil(len(batches) / 2))}
     assert AutoModelForSeq2SeqLM.from_pretrained(output_dir).config.vocab_size == len(tokenizer)
     assert json.loads((output_dir / "results.json").read_text())["val"]["sentences"] == 2
+
+
+def test_scripts_name_a_missing_or_incomplete_model_folder(run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="model folder .*no-such-model does not exist"):
+        script("translate").main(["--model_name_or_path", str(tmp_path / "no-such-model"), "--input", os.devnull])
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(run / "averaged", incomplete)
+    (incomplete / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="is not a complete model folder: it has no model.safetensors"):
+        script("evaluate_bleu").main(["--model_name_or_path", str(incomplete), "--eval_splits", "val"])
