@@ -542,6 +542,8 @@ class SourceLengthLimitLogitsProcessor(LogitsProcessor):
         rows_per_sentence = input_ids.shape[0] // self.limits.shape[0]  # beams or returned sequences
         limits = self.limits.to(input_ids.device).repeat_interleave(rows_per_sentence)
         at_limit = (input_ids.shape[1] - self.prompt_length + 1) >= limits  # the next token is the last one
+        if not at_limit.any():  # most steps: leave the scores alone, allocate nothing
+            return scores
         forced = torch.full_like(scores, -math.inf)
         forced[:, self.eos_token_id] = 0.0
         return torch.where(at_limit[:, None], forced, scores)
