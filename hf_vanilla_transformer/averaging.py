@@ -26,8 +26,11 @@ _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 _NOT_COPIED = ("*.safetensors", SAFE_WEIGHTS_INDEX_NAME, "*.bin", "*.pt", "*.pth", "trainer_state.json")
 
 
-def last_checkpoints(run_dir: str | os.PathLike, n: int) -> list[Path]:
-    """The last `n` `checkpoint-STEP` folders of a Trainer run, oldest first (STEP compared as a number)."""
+def last_checkpoints(run_dir: str | os.PathLike, n: int, allow_fewer: bool = False) -> list[Path]:
+    """The last `n` `checkpoint-STEP` folders of a Trainer run, oldest first (STEP compared as a number).
+
+    Fewer than `n` is an error unless `allow_fewer` (then all there are: a run stopped early by its time budget).
+    """
     run_dir = Path(run_dir)
     if n < 1:
         raise ValueError(f"n must be a positive integer, got {n}")
@@ -40,7 +43,7 @@ def last_checkpoints(run_dir: str | os.PathLike, n: int) -> list[Path]:
     )
     if not found:
         raise FileNotFoundError(f"no {PREFIX_CHECKPOINT_DIR}-STEP folders in {run_dir}")
-    if len(found) < n:
+    if len(found) < n and not allow_fewer:
         names = ", ".join(path.name for _, path in found)
         raise ValueError(f"asked for the last {n} checkpoints but {run_dir} has only {len(found)}: {names}")
     return [path for _, path in found[-n:]]

@@ -66,7 +66,11 @@ class ModelArguments:
     def config_overrides(self) -> dict:
         """The config fields given on the command line."""
         skip = {"preset", "tokenizer_name_or_path", "vocab_size"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip and getattr(self, f.name)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in skip and getattr(self, f.name) is not None
+        }
 
 
 @dataclass
@@ -269,11 +273,19 @@ def update_results(model_dir: str | Path, entries: dict) -> dict:
 
 
 def training_summary(
-    argv: Sequence[str], training_args, data_args: DataArguments, runtime_s: float, updates: int
+    argv: Sequence[str],
+    training_args,
+    data_args: DataArguments,
+    runtime_s: float,
+    updates: int,
+    target_tokens_per_update: float,
 ) -> dict:
-    """The "training" entry of results.json, for the model card: command, hardware, minutes, updates, languages."""
+    """The "training" entry of results.json, for the model card: command, hardware, minutes, updates, real target
+    tokens per second (all processes), languages."""
     processes = training_args.world_size
-    launcher = "python" if processes == 1 else f"accelerate launch --num_processes {processes}"
+    # `accelerate launch` sets ACCELERATE_MIXED_PRECISION in every process it starts, one process included.
+    launched = processes > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
+    launcher = f"accelerate launch --num_processes {processes}" if launched else "python"
     device = training_args.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     return {
@@ -281,6 +293,7 @@ def training_summary(
         "hardware": f"{processes} x {name}",
         "minutes": round(runtime_s / 60, 1),
         "updates": updates,
+        "target_tokens_per_s": round(target_tokens_per_update * updates / runtime_s) if runtime_s > 0 else None,
         "languages": [data_args.source_lang, data_args.target_lang],
     }
 

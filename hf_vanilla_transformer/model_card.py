@@ -117,7 +117,8 @@ Checkpoints and settings were chosen on `val` only.
 
 - Command: `{training.get("command", "not recorded")}`
 - Hardware: {training.get("hardware", "not recorded")}
-- Wall time: {training.get("minutes", "not recorded")} minutes, {training.get("updates", "?")} updates
+- Wall time: {training.get("minutes", "not recorded")} minutes, {training.get("updates", "?")} updates, \
+{training.get("target_tokens_per_s", "?")} target tokens/s
 
 ## Departures from the paper
 

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# One call of about 5 minutes on a GPU machine of the device tool (nvidia-h100-x1 or nvidia-h200):
-#   1. installs the wheels carried in .whl/ (our transformers version, ctranslate2): that machine has no network;
-#   2. sanity: the model and generation tests (they run on its CPU; they check the install, not CUDA);
-#   3. the side-by-side benchmark on CUDA with bf16 autocast for tiny, small and base (2000-token batches);
-#   4. base training alone at the paper's batch of about 25000 target tokens (§5.1), for tokens/s and MFU.
-# Everything lands in $OUT (8 files at most come back).
+# One call of about 9 minutes on a GPU machine of the device tool (nvidia-h100-x1 or nvidia-h200):
+#   1. installs the wheels carried in .whl/ (our transformers version, datasets, evaluate, sacremoses): that
+#      machine has no network;
+#   2. tests/test_cuda.py on the GPU (CPU and CUDA agree, bf16 follows fp32);
+#   3. base training alone at the paper's batch of about 25000 target tokens (§5.1): tokens/s and MFU;
+#   4. the Multi30k recipe with bf16 through `accelerate launch`: the tiny preset for En-De (3 learning-rate
+#      scales), De-En (2) and En-Fr (1), all six runs side by side on the one GPU for TRAIN_MINUTES each, then
+#      averaging, beam-4 evaluation and the choice of the best run per pair on val (scripts/compare_runs.py);
+#   5. in the time left, the side-by-side benchmark (ours, MarianMTModel, torch.nn.Transformer) in bf16.
+# What comes back (8 files at most): checks.txt, base_25k.{json,md}, multi30k.md, runs.tar.gz (logs and
+# results.json of every run), best_en_de.tar.gz (the selected En-De model), gpu_benchmark.{json,md}.
 #
-# Here, once:   scripts/fetch_gpu_wheels.sh
-# Then:         device run  command="bash scripts/gpu_check.sh"  carry=[".whl"]  timeout_s=540
+# Here, once:   scripts/fetch_gpu_wheels.sh; mkdir -p .data && cp -r ../shared/data/multi30k .data/
+# Then:         device run  command="bash scripts/gpu_check.sh"  carry=[".whl", ".data"]  timeout_s=590
 #
 # MFU = achieved FLOP/s / dense bf16 peak of the datasheet (989.4 TFLOP/s for H100 SXM and H200; a plain
 # 8192^3 bf16 matmul reaches about 790-800 there, see the device notes). FLOPs are counted analytically per
@@ -16,38 +21,86 @@
 # torch.utils.flop_counter in tests/test_benchmark.py).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
+DATA=${DATA:-.data/multi30k}
+TRAIN_MINUTES=${TRAIN_MINUTES:-4}
+PRECISION=${PRECISION:-bf16}   # `accelerate launch --mixed_precision` and train.py's --bf16/--fp16 (no: fp32)
+EXTRA=${EXTRA:-}               # more train.py flags (the local smoke test adds --max_train_samples ...)
+DEADLINE=${DEADLINE:-570}      # seconds after the start by which the benchmark must be done
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
+START=$SECONDS
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed: run scripts/fetch_gpu_wheels.sh here and carry .whl"; exit 1; }
-export PYTHONPATH="/tmp/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [ -z "${NO_WHEELS:-}" ]; then  # NO_WHEELS=1: use what is installed (the local smoke test)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "wheel install failed: run scripts/fetch_gpu_wheels.sh here and carry .whl"; exit 1; }
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+CHECKS="$OUT/checks.txt"
+stamp() { echo "== $1 at +$((SECONDS - START)) s" | tee -a "$CHECKS"; }
 
+stamp "environment"
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-    python3 -c "import torch, transformers, ctranslate2 as c; print('torch', torch.__version__, torch.version.cuda, \
-torch.cuda.get_device_name(), '| transformers', transformers.__version__, '| ctranslate2', c.__version__, \
-'CUDA devices:', c.get_cuda_device_count())"
-} 2>&1 | tee "$OUT/env.txt"
+    python3 -c "import torch, transformers, datasets, evaluate, pyarrow; print('torch', torch.__version__, \
+torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA', '| transformers', \
+transformers.__version__, '| datasets', datasets.__version__, '| pyarrow', pyarrow.__version__)"
+} 2>&1 | tee -a "$CHECKS"
 
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_modeling.py tests/test_generation.py 2>&1 \
-    | tail -n 30 | tee "$OUT/pytest.txt"
+stamp "tests on CUDA"
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 15 | tee -a "$CHECKS"
 
-timeout 260 python3 benchmarks/benchmark.py --device cuda --bf16 --presets tiny small base \
-    --train_reps 20 --sentences 128 --latency_sentences 4 \
-    --output_json "$OUT/gpu_benchmark.json" --output_md "$OUT/gpu_benchmark.md" 2>&1 | tee "$OUT/benchmark.log"
+stamp "base training at the paper's 25000-token batches"
+timeout 60 python3 benchmarks/benchmark.py --device cuda --bf16 --presets base --token_budget 25000 \
+    --train_reps 20 --skip_inference --output_json "$OUT/base_25k.json" --output_md "$OUT/base_25k.md" \
+    >>"$CHECKS" 2>&1
 
-timeout 90 python3 benchmarks/benchmark.py --device cuda --bf16 --presets base --token_budget 25000 \
-    --train_reps 20 --skip_inference \
-    --output_json "$OUT/base_25k.json" --output_md "$OUT/base_25k.md" 2>&1 | tee -a "$OUT/benchmark.log"
+stamp "Multi30k: 6 runs side by side, $TRAIN_MINUTES minutes of training each"
+RUNS=runs/gpu
+precision_flag=$([ "$PRECISION" = no ] || echo "--$PRECISION true")
+mkdir -p "$RUNS"
+# pair:lr_scale; warmup 2000 and 4096-token batches as Wu et al. (2021) for Transformer-Tiny.
+for run in en-de:0.5 en-de:1 en-de:2 de-en:1 de-en:2 en-fr:1; do
+    pair=${run%:*} scale=${run#*:}
+    name="tiny-$pair-lr$scale"
+    # shellcheck disable=SC2086  # EXTRA holds several flags
+    python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision "$PRECISION" \
+        --dynamo_backend no scripts/train.py --preset tiny --dataset "$DATA" \
+        --source_lang "${pair%-*}" --target_lang "${pair#*-}" --output_dir "$RUNS/$name" \
+        --max_tokens 4096 --warmup_steps 2000 --lr_scale "$scale" --num_train_epochs 500 \
+        --max_train_minutes "$TRAIN_MINUTES" --save_strategy steps --save_steps 150 --save_total_limit 10 \
+        --average_last 10 --eval_strategy no --logging_steps 200 --per_device_eval_batch_size 250 \
+        $precision_flag --seed 1 --disable_tqdm true --report_to none $EXTRA \
+        >"$RUNS/$name.log" 2>&1 &
+done
+wait
+stamp "runs done"
+python3 scripts/compare_runs.py "$RUNS"/tiny-*/ --best_json "$RUNS/best.json" >"$OUT/multi30k.md" 2>>"$CHECKS"
+cat "$OUT/multi30k.md" | tee -a "$CHECKS"
+grep -h "Token-budget\|train_runtime\|Error" "$RUNS"/*.log | cut -c1-300 >>"$CHECKS"
+tar -czf "$OUT/runs.tar.gz" "$RUNS"/*.log "$RUNS"/best.json "$RUNS"/*/averaged/results.json \
+    "$RUNS"/*/averaged/hypotheses.* 2>>"$CHECKS"
+best=$(python3 -c "import json; print(json.load(open('$RUNS/best.json')).get('en-de', ''))" 2>/dev/null)
+[ -n "$best" ] && tar -czf "$OUT/best_en_de.tar.gz" -C "$(dirname "$best")" \
+    "$(basename "$best")/averaged" "$(basename "$best").log"
 
-python3 - "$OUT" <<'EOF'
+left=$((DEADLINE - (SECONDS - START)))
+stamp "benchmark with $left s left"
+if [ "$left" -gt 30 ]; then
+    timeout "$left" python3 benchmarks/benchmark.py --device cuda --bf16 --presets tiny small base \
+        --train_reps 10 --sentences 128 --latency_sentences 4 \
+        --output_json "$OUT/gpu_benchmark.json" --output_md "$OUT/gpu_benchmark.md" >>"$CHECKS" 2>&1
+fi
+
+python3 - "$OUT" <<'EOF' | tee -a "$CHECKS"
 import json, sys
 for name in ("gpu_benchmark", "base_25k"):
     try:
         report = json.load(open(f"{sys.argv[1]}/{name}.json"))
     except FileNotFoundError:
-        print(name, "missing: see benchmark.log")
+        print(name, "missing: see checks.txt")
         continue
     for r in report["training"]:
         if r["size"] == "base":
@@ -56,3 +109,4 @@ for name in ("gpu_benchmark", "base_25k"):
             print(f"{name}: base {r['model']}: {r['tokens_per_s']:,.0f} target tokens/s at {budget} tokens/batch, "
                   f"{r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu}, {r['memory_mib']:,.0f} MiB")
 EOF
+stamp "end"

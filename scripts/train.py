@@ -88,16 +88,25 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     model_dir, model = output_dir, trainer.model
+    averaged = []
     if training_args.average_last:
-        model_dir = average_checkpoints(
-            last_checkpoints(output_dir, training_args.average_last), output_dir / "averaged"
-        )
-        logger.info("Averaged the last %d checkpoints into %s", training_args.average_last, model_dir)
+        # A run ended early by max_train_minutes may hold fewer checkpoints: it averages those it has.
+        checkpoints = last_checkpoints(output_dir, training_args.average_last, allow_fewer=True)
+        if len(checkpoints) < training_args.average_last:
+            logger.warning("Only %d checkpoints to average, not %d", len(checkpoints), training_args.average_last)
+        model_dir = average_checkpoints(checkpoints, output_dir / "averaged")
+        averaged = [path.name for path in checkpoints]
+        logger.info("Averaged %s into %s", ", ".join(averaged), model_dir)
         model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(training_args.device)
     summary = training_summary(
-        argv, training_args, data_args, train_result.metrics["train_runtime"], trainer.state.global_step
+        argv,
+        training_args,
+        data_args,
+        train_result.metrics["train_runtime"],
+        trainer.state.global_step,
+        trainer.tokens_per_update["tgt"],
     )
-    update_results(model_dir, {"training": summary})
+    update_results(model_dir, {"training": summary | {"averaged_checkpoints": averaged}})
     splits = [data_args.validation_split, *data_args.eval_splits]
     return evaluate_splits(
         model, tokenizer, data_args, splits, model_dir, batch_size=training_args.per_device_eval_batch_size

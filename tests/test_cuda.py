@@ -1,0 +1,69 @@
+"""The model on a CUDA device: the same numbers as on CPU, and bf16 training that stays close to fp32.
+
+Skipped without a GPU (CI has none); `scripts/gpu_check.sh` runs them on the device machine.
+"""
+
+import pytest
+import torch
+from conftest import make_tiny_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+PAPER_BEAM = {"num_beams": 4}  # with the rest of the paper's decoding from the generation config
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32_matmuls():
+    """TF32 would round fp32 products to 10 mantissa bits and CPU/CUDA comparisons would test that rounding."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def on(device: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_cuda_forward_equals_cpu_forward(batch, attn_implementation):
+    model = make_tiny_model(init_std=0.5, attn_implementation=attn_implementation)
+    cpu = model(**batch)
+    cuda = model.to("cuda")(**on("cuda", batch))
+    torch.testing.assert_close(cuda.logits.cpu(), cpu.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cuda.loss.cpu(), cpu.loss, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{"num_beams": 1}, PAPER_BEAM])
+def test_cuda_generate_equals_cpu_generate(batch, kwargs):
+    model = make_tiny_model(init_std=0.5)
+    sources = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    cpu = model.generate(**sources, **kwargs)
+    cuda = model.to("cuda").generate(**on("cuda", sources), **kwargs)
+    assert torch.equal(cuda.cpu(), cpu)
+
+
+def test_cuda_cache_and_no_cache_generate_the_same(batch):
+    model = make_tiny_model(init_std=0.5).to("cuda")
+    sources = on("cuda", {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    cached = model.generate(**sources, **PAPER_BEAM, use_cache=True)
+    uncached = model.generate(**sources, **PAPER_BEAM, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_bf16_autocast_gradients_follow_fp32(batch):
+    """One training step under bf16 autocast: loss within bf16 rounding of fp32, gradients pointing the same way."""
+    model = make_tiny_model(dropout=0.0).train().to("cuda")
+    inputs = on("cuda", batch)
+
+    def loss_and_gradient(bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**inputs).loss
+        loss.backward()
+        return loss.detach().float(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    loss32, grad32 = loss_and_gradient(bf16=False)
+    loss16, grad16 = loss_and_gradient(bf16=True)
+    torch.testing.assert_close(loss16, loss32, atol=0, rtol=2e-2)
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.99
