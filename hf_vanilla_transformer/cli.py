@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import datasets
+import safetensors
 import torch
 import transformers
 from tqdm.auto import tqdm
@@ -230,7 +231,14 @@ def load_model_and_tokenizer(name_or_path: str | Path) -> tuple:
         missing = [name for name in MODEL_FILES if not (path / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{path} is not a complete model folder: it has no {', '.join(missing)}")
-    model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path)
+        weights = path / "model.safetensors"
+        try:
+            with safetensors.safe_open(weights, framework="pt"):  # reads and checks the header only
+                pass
+        except safetensors.SafetensorError as err:
+            raise ValueError(f"{weights} is truncated or corrupted ({err}); copy or download it again") from err
+    # Weights only from safetensors: never unpickle a pytorch_model.bin that a folder or Hub repo may hold.
+    model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     check_tokenizer_matches_config(tokenizer, model.config)
     return model, tokenizer
@@ -243,6 +251,17 @@ def translate(
     """Translates `lines` with `model.generate` in batches of similar length; outputs come back in input order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    # transformers fails deep inside beam search (ZeroDivisionError) on num_beams=0, and names max_new_tokens
+    # rather than the offset when source length + max_length_offset is below 1.
+    for name, least in (("num_beams", 1), ("max_length_offset", 0)):
+        value = generate_kwargs.get(name)
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value}")
+    if generate_kwargs.get("num_return_sequences", 1) != 1:
+        raise ValueError(
+            f"translate returns one translation per line: num_return_sequences must be 1, got "
+            f"{generate_kwargs['num_return_sequences']} (call model.generate for n-best lists)"
+        )
     model.eval()
     # Sorting by length keeps padding (wasted compute) low; the output order is restored below.
     lengths = [len(ids) for ids in tokenizer(list(lines))["input_ids"]] if lines else []
@@ -255,6 +274,27 @@ def translate(
         for i, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
             outputs[i] = text
     return outputs
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest OUTPUT_DIR/checkpoint-N whose trainer_state.json (written last by the Trainer) is whole, or None.
+
+    A run killed while saving leaves a checkpoint without it (or with it cut short); transformers'
+    `get_last_checkpoint` would pick that one, and resuming from it fails.
+    """
+    steps = {}
+    for path in Path(output_dir).glob("checkpoint-*"):
+        if path.is_dir() and path.name.removeprefix("checkpoint-").isdigit():
+            steps[int(path.name.removeprefix("checkpoint-"))] = path
+    for step in sorted(steps, reverse=True):
+        state = steps[step] / "trainer_state.json"
+        try:
+            json.loads(state.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            logger.warning("Skipping %s: it was not completely written (no whole trainer_state.json)", steps[step])
+            continue
+        return steps[step]
+    return None
 
 
 def read_results(model_dir: str | Path) -> dict:
@@ -363,6 +403,7 @@ __all__ = [
     "build_model",
     "evaluate_splits",
     "export_model_folder",
+    "last_complete_checkpoint",
     "load_model_and_tokenizer",
     "load_or_train_tokenizer",
     "parse_args",

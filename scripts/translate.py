@@ -27,10 +27,26 @@ class TranslateArguments:
     output: str | None = field(default=None, metadata={"help": "File for the translations (default: stdout)."})
 
 
+def read_utf8(path: str | None) -> str:
+    """The text of `path` (default: stdin), with a ValueError naming the line of the first byte that is not UTF-8."""
+    if path:
+        raw, name = Path(path).read_bytes(), path
+    else:
+        # A replaced sys.stdin (io.StringIO in tests) has no byte buffer and holds text already.
+        stdin = getattr(sys.stdin, "buffer", None)
+        raw, name = (stdin.read() if stdin is not None else sys.stdin.read().encode()), "stdin"
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        bad = raw[err.start : err.end]
+        raise ValueError(f"{name} is not valid UTF-8: line {line} has the byte(s) {bad!r}") from err
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     args, generation_args = parse_args((TranslateArguments, GenerationArguments), argv)
     setup_logging(logging.WARNING)  # stdout may be the translations: keep the chatter on stderr short
-    text = Path(args.input).read_text(encoding="utf-8") if args.input else sys.stdin.read()
+    text = read_utf8(args.input)
     lines = text.split("\n")
     if lines[-1] == "":  # the final line end is optional
         lines.pop()
