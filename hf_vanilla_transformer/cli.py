@@ -251,12 +251,10 @@ def translate(
     """Translates `lines` with `model.generate` in batches of similar length; outputs come back in input order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    # transformers fails deep inside beam search (ZeroDivisionError) on num_beams=0, and names max_new_tokens
-    # rather than the offset when source length + max_length_offset is below 1.
-    for name, least in (("num_beams", 1), ("max_length_offset", 0)):
-        value = generate_kwargs.get(name)
-        if value is not None and value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value}")
+    # transformers would name max_new_tokens, not the offset, when source length + max_length_offset is below 1.
+    offset = generate_kwargs.get("max_length_offset")
+    if offset is not None and offset < 0:
+        raise ValueError(f"max_length_offset must be an integer >= 0, got {offset}")
     if generate_kwargs.get("num_return_sequences", 1) != 1:
         raise ValueError(
             f"translate returns one translation per line: num_return_sequences must be 1, got "

@@ -644,15 +644,22 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
         With `max_length_offset` set in the generation config (default 50 for our models) and neither
         `max_length` nor `max_new_tokens` passed, each sentence stops at its own source length (non-pad tokens,
-        </s> included) + offset. The GNMT length penalty is applied in `_beam_search`.
+        </s> included) + offset, and with learned positions at `max_position_embeddings` tokens at most.
+        The GNMT length penalty is applied in `_beam_search`.
         """
         config = generation_config if generation_config is not None else self.generation_config
+        num_beams = kwargs.get("num_beams", config.num_beams)
+        if not isinstance(num_beams, int) or num_beams < 1:  # 0 would fail deep in beam search (ZeroDivisionError)
+            raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
         offset = kwargs.pop("max_length_offset", getattr(config, "max_length_offset", None))
         source = inputs if inputs is not None else kwargs.get("input_ids")
         if offset is not None and source is not None and not {"max_length", "max_new_tokens"} & kwargs.keys():
             mask = kwargs.get("attention_mask")
             lengths = mask.sum(-1) if mask is not None else torch.full(source.shape[:1], source.shape[1])
             limits = lengths.to(torch.long) + offset
+            if self.config.position_embedding_type == "learned":
+                # Learned positions end at max_position_embeddings: token k is predicted from positions 0..k-1.
+                limits = limits.clamp(max=self.config.max_position_embeddings)
             kwargs["max_new_tokens"] = int(limits.max())
             limit = SourceLengthLimitLogitsProcessor(limits, prompt_length=1, eos_token_id=self.config.eos_token_id)
             logits_processor = LogitsProcessorList([*(logits_processor or []), limit])

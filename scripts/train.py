@@ -16,7 +16,6 @@ from pathlib import Path
 
 import transformers
 from transformers import AutoModelForSeq2SeqLM, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hf_vanilla_transformer.averaging import average_checkpoints, last_checkpoints
 from hf_vanilla_transformer.cli import (
@@ -24,6 +23,7 @@ from hf_vanilla_transformer.cli import (
     ModelArguments,
     build_model,
     evaluate_splits,
+    last_complete_checkpoint,
     load_or_train_tokenizer,
     parse_args,
     setup_logging,
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and output_dir.is_dir():
-        checkpoint = get_last_checkpoint(output_dir)
+        checkpoint = last_complete_checkpoint(output_dir)
     if checkpoint is not None:
         logger.info("Resuming from %s", checkpoint)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)

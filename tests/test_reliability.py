@@ -129,12 +129,15 @@ def test_learned_positions_refuse_inputs_and_outputs_longer_than_max_position_em
     length = len(tokenizer(long)["input_ids"])
     with pytest.raises(ValueError, match=rf"^Sequence of length {length} is longer than max_position_embeddings=16 "):
         translate(model, tokenizer, [long], num_beams=1)
-    # A short source whose output limit (source length + offset) passes 16 positions fails in the decoder ...
+    # A short source whose output limit (source length + offset) passes 16 positions stops at the last position
+    # (the start token + 16 tokens, the last predicted from position 15) ...
     model.generation_config.max_length_offset = 50
+    sources = tokenizer(["A man."], return_tensors="pt")
+    out = model.generate(**sources, num_beams=1, suppress_tokens=[model.config.eos_token_id])
+    assert out.shape[1] == 17
+    # ... while an explicit max_new_tokens beyond them is the same clear error, raised in the decoder.
     with pytest.raises(ValueError, match="^Sequence of length 17 is longer than max_position_embeddings=16 of this"):
-        translate(model, tokenizer, ["A man."], num_beams=1)
-    # ... unless max_new_tokens keeps the decoder within them (the start token + 15 tokens = 16 positions).
-    assert isinstance(translate(model, tokenizer, ["A man."], num_beams=1, max_new_tokens=15)[0], str)
+        model.generate(**sources, num_beams=1, suppress_tokens=[model.config.eos_token_id], max_new_tokens=17)
 
 
 def test_unusual_unicode_translates_to_strings_and_round_trips_through_the_tokenizer(model, tokenizer):
@@ -169,9 +172,11 @@ def test_impossible_generation_settings_in_translate(model, tokenizer, kwargs, m
     [
         ({"num_beams": 2, "num_return_sequences": 3}, r"^`num_return_sequences` \(3\) has to be smaller or equal to "),
         ({"num_beams": 1, "num_return_sequences": 2}, "^Greedy methods .* do not support `num_return_sequences`"),
+        ({"num_beams": 0}, "^num_beams must be an integer >= 1, got 0$"),  # ours: transformers divides by it
+        ({"num_beams": -1}, "^num_beams must be an integer >= 1, got -1$"),
     ],
 )
-def test_impossible_generation_settings_in_generate_are_transformers_clear_errors(model, tokenizer, kwargs, message):
+def test_impossible_generation_settings_in_generate_are_clear_errors(model, tokenizer, kwargs, message):
     with pytest.raises(ValueError, match=message):
         model.generate(**tokenizer(["A man."], return_tensors="pt"), **kwargs)
 
@@ -450,11 +455,6 @@ def test_training_killed_at_a_random_step_resumes_to_bit_identical_weights(train
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="scripts/train.py resumes from transformers' get_last_checkpoint, which picks a checkpoint cut off while "
-    "saving; it must use cli.last_complete_checkpoint",
-)
 def test_resume_skips_a_checkpoint_cut_off_while_saving(train_corpus, uninterrupted, tmp_path):
     """A kill during `Trainer._save_checkpoint` leaves checkpoint-N with part of model.safetensors and no
     trainer_state.json; the rerun must resume from checkpoint-(N-5) and still end with the uninterrupted weights."""
