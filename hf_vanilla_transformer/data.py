@@ -117,25 +117,32 @@ def _index_corpus_files(directory: Path) -> dict[str, dict[str, Path]]:
     return {split: langs for split, langs in files.items() if len(langs) >= 2}
 
 
+def decode_utf8(raw: bytes, name: str | Path) -> str:
+    """`raw` decoded strictly as UTF-8, or a ValueError naming `name` and the line of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{name} is not valid UTF-8: line {line} has the byte(s) {raw[err.start : err.end]!r}"
+        ) from err
+
+
 def _read_lines(path: Path) -> list[str]:
     """Read a plain or gzip UTF-8 file strictly, following the module's line policy."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise ValueError(f"{path} is not a readable gzip file ({err})") from err
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise ValueError(
-            f"{path} is not valid UTF-8: line {line} has the byte(s) {raw[err.start : err.end]!r}"
-        ) from err
-    if not text:
-        return []
+    return split_lines(decode_utf8(raw, path))
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of `text` by the line policy of this module's docstring (also for scripts/translate.py)."""
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return [line.removesuffix("\r") for line in lines]
 
 
 def _load_hub(
@@ -219,4 +226,4 @@ def tokenize_corpus(
     )
 
 
-__all__ = ["load_parallel_corpus", "tokenize_corpus"]
+__all__ = ["decode_utf8", "load_parallel_corpus", "split_lines", "tokenize_corpus"]

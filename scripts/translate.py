@@ -16,6 +16,7 @@ from hf_vanilla_transformer.cli import (
     setup_logging,
     translate,
 )
+from hf_vanilla_transformer.data import decode_utf8, split_lines
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +36,13 @@ def read_utf8(path: str | None) -> str:
         # A replaced sys.stdin (io.StringIO in tests) has no byte buffer and holds text already.
         stdin = getattr(sys.stdin, "buffer", None)
         raw, name = (stdin.read() if stdin is not None else sys.stdin.read().encode()), "stdin"
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        bad = raw[err.start : err.end]
-        raise ValueError(f"{name} is not valid UTF-8: line {line} has the byte(s) {bad!r}") from err
+    return decode_utf8(raw, name)
 
 
 def main(argv: list[str] | None = None) -> list[str]:
     args, generation_args = parse_args((TranslateArguments, GenerationArguments), argv)
     setup_logging(logging.WARNING)  # stdout may be the translations: keep the chatter on stderr short
-    text = read_utf8(args.input)
-    lines = text.split("\n")
-    if lines[-1] == "":  # the final line end is optional
-        lines.pop()
-    lines = [line.removesuffix("\r") for line in lines]
+    lines = split_lines(read_utf8(args.input))
     model, tokenizer = load_model_and_tokenizer(args.model_name_or_path)
     model = model.to(generation_args.torch_device())
     translations = translate(model, tokenizer, lines, generation_args.batch_size, **generation_args.generate_kwargs())

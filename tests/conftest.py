@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -16,6 +17,12 @@ import torch  # noqa: E402
 from hf_vanilla_transformer import (  # noqa: E402
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
+)
+
+# The shared Multi30k copy beside the checkout (MULTI30K_DIR overrides); tests that read it skip without it.
+MULTI30K = Path(os.environ.get("MULTI30K_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"))
+needs_multi30k = pytest.mark.skipif(
+    not MULTI30K.is_dir(), reason=f"Multi30k not found at {MULTI30K} (set MULTI30K_DIR)"
 )
 
 TINY = {

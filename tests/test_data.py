@@ -1,16 +1,13 @@
 import gzip
-import os
 from pathlib import Path
 
 import datasets
 import pytest
+from conftest import MULTI30K, needs_multi30k
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from hf_vanilla_transformer.data import load_parallel_corpus, tokenize_corpus
-
-MULTI30K = Path(os.environ.get("MULTI30K_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"))
-needs_multi30k = pytest.mark.skipif(not MULTI30K.is_dir(), reason=f"Multi30k not found at {MULTI30K}")
 
 EN = ["A dog runs.", "Two men talk.", "A girl in a red coat."]
 DE = ["Ein Hund rennt.", "Zwei Männer reden.", "Ein Mädchen in einem roten Mantel."]

@@ -1,6 +1,5 @@
 import gzip
 import math
-import os
 import socket
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import evaluate
 import numpy as np
 import pytest
 import sacrebleu
+from conftest import MULTI30K, needs_multi30k
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import EvalPrediction, PreTrainedTokenizerFast
 
@@ -19,9 +19,6 @@ from hf_vanilla_transformer.metrics import (
     sacrebleu_scores,
     tokenized_bleu,
 )
-
-MULTI30K = Path(os.environ.get("MULTI30K_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"))
-needs_multi30k = pytest.mark.skipif(not MULTI30K.is_dir(), reason=f"Multi30k not found at {MULTI30K}")
 
 HYPS = ["The cat sat on the mat", "a b c d e f"]
 REFS = ["The cat sat on the mat.", "a b c d x f"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import MULTI30K, make_tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -31,7 +31,6 @@ from hf_vanilla_transformer.cli import DataArguments, last_complete_checkpoint, 
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-MULTI30K = Path("/work/shared/data/multi30k")
 SENTENCES = [
     "A man runs on the street.",
     "Ein Mann rennt auf der Straße.",
@@ -243,7 +242,7 @@ def test_tokenizer_that_does_not_match_the_model_is_refused(tokenizer, tmp_path)
         load_model_and_tokenizer(other_eos)
 
 
-@pytest.mark.skipif(not MULTI30K.is_dir(), reason="needs /work/shared/data/multi30k")
+@pytest.mark.skipif(not MULTI30K.is_dir(), reason=f"needs {MULTI30K}")
 def test_unknown_language_code_lists_the_corpus_languages():
     data = DataArguments(dataset=str(MULTI30K), source_lang="en", target_lang="xx")
     with pytest.raises(ValueError, match=rf"^unknown language code 'xx': no SPLIT.xx\[.gz\] files in {MULTI30K} "

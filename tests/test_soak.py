@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MULTI30K
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE = Path("/work/shared/data/multi30k/train.en.gz")
+SOURCE = MULTI30K / "train.en.gz"
 SENTENCES = 2000
 BATCH_SIZE = 64
 MAX_RSS_GROWTH_MIB = 32  # from the first translated batch to the last, where a leak would pile up
@@ -54,7 +55,7 @@ Path(report).write_text(json.dumps({"before": before, "batches": samples, "peak"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SOURCE.is_file(), reason="needs /work/shared/data/multi30k")
+@pytest.mark.skipif(not SOURCE.is_file(), reason=f"needs {SOURCE}")
 def test_translate_script_soak_has_stable_memory_and_identical_outputs(tmp_path):
     lines = gzip.decompress(SOURCE.read_bytes()).decode().split("\n")[:SENTENCES]
     (tmp_path / "src.en").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")

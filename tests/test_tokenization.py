@@ -1,11 +1,11 @@
 """The joint BPE tokenizer: lossless on Multi30k, the config's special ids, reloadable with AutoTokenizer."""
 
 import gzip
-import os
 import re
 from pathlib import Path
 
 import pytest
+from conftest import MULTI30K
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
@@ -17,7 +17,6 @@ from hf_vanilla_transformer.tokenization import (
     train_bpe_tokenizer,
 )
 
-MULTI30K = Path(os.environ.get("MULTI30K_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"))
 LANGUAGES = ("en", "de", "fr", "cs")
 SENTENCES = [
     "A man in an orange hat starring at something.",
