@@ -11,7 +11,7 @@
 # What comes back (8 files at most): checks.txt, base_25k.{json,md}, multi30k.md, runs.tar.gz (logs and
 # results.json of every run), best_en_de.tar.gz (the selected En-De model), gpu_benchmark.{json,md}.
 #
-# Here, once:   scripts/fetch_gpu_wheels.sh; mkdir -p .data && cp -r ../shared/data/multi30k .data/
+# Here, once:   scripts/fetch_gpu_wheels.sh      (wheels into .whl/, Multi30k into .data/)
 # Then:         device run  command="bash scripts/gpu_check.sh"  carry=[".whl", ".data"]  timeout_s=590
 #
 # MFU = achieved FLOP/s / dense bf16 peak of the datasheet (989.4 TFLOP/s for H100 SXM and H200; a plain
@@ -23,6 +23,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 DATA=${DATA:-.data/multi30k}
 TRAIN_MINUTES=${TRAIN_MINUTES:-4}
+# GRID: the runs, "pair:lr_scale ..." (default: six runs, En-De at 3 scales, De-En at 2, En-Fr at 1)
 PRECISION=${PRECISION:-bf16}   # `accelerate launch --mixed_precision` and train.py's --bf16/--fp16 (no: fp32)
 EXTRA=${EXTRA:-}               # more train.py flags (the local smoke test adds --max_train_samples ...)
 DEADLINE=${DEADLINE:-570}      # seconds after the start by which the benchmark must be done
@@ -57,12 +58,12 @@ timeout 60 python3 benchmarks/benchmark.py --device cuda --bf16 --presets base -
     --train_reps 20 --skip_inference --output_json "$OUT/base_25k.json" --output_md "$OUT/base_25k.md" \
     >>"$CHECKS" 2>&1
 
-stamp "Multi30k: 6 runs side by side, $TRAIN_MINUTES minutes of training each"
+stamp "Multi30k: runs side by side, $TRAIN_MINUTES minutes of training each"
 RUNS=runs/gpu
 precision_flag=$([ "$PRECISION" = no ] || echo "--$PRECISION true")
 mkdir -p "$RUNS"
 # pair:lr_scale; warmup 2000 and 4096-token batches as Wu et al. (2021) for Transformer-Tiny.
-for run in en-de:0.5 en-de:1 en-de:2 de-en:1 de-en:2 en-fr:1; do
+for run in ${GRID:-en-de:0.5 en-de:1 en-de:2 de-en:1 de-en:2 en-fr:1}; do
     pair=${run%:*} scale=${run#*:}
     name="tiny-$pair-lr$scale"
     # shellcheck disable=SC2086  # EXTRA holds several flags
