@@ -23,7 +23,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 DATA=${DATA:-.data/multi30k}
 TRAIN_MINUTES=${TRAIN_MINUTES:-4}
-# GRID: the runs, "pair:lr_scale ..." (default: six runs, En-De at 3 scales, De-En at 2, En-Fr at 1)
+# GRID: the runs, "pair:lr_scale[:dropout] ..." (default: six runs, En-De at 3 scales, De-En at 2, En-Fr at 1,
+# the preset's dropout 0.3)
 PRECISION=${PRECISION:-bf16}   # `accelerate launch --mixed_precision` and train.py's --bf16/--fp16 (no: fp32)
 EXTRA=${EXTRA:-}               # more train.py flags (the local smoke test adds --max_train_samples ...)
 DEADLINE=${DEADLINE:-570}      # seconds after the start by which the benchmark must be done
@@ -62,10 +63,10 @@ stamp "Multi30k: runs side by side, $TRAIN_MINUTES minutes of training each"
 RUNS=runs/gpu
 precision_flag=$([ "$PRECISION" = no ] || echo "--$PRECISION true")
 mkdir -p "$RUNS"
-# pair:lr_scale; warmup 2000 and 4096-token batches as Wu et al. (2021) for Transformer-Tiny.
+# pair:lr_scale[:dropout]; warmup 2000 and 4096-token batches as Wu et al. (2021) for Transformer-Tiny.
 for run in ${GRID:-en-de:0.5 en-de:1 en-de:2 de-en:1 de-en:2 en-fr:1}; do
-    pair=${run%:*} scale=${run#*:}
-    name="tiny-$pair-lr$scale"
+    IFS=: read -r pair scale dropout <<<"$run"
+    name="tiny-$pair-lr$scale${dropout:+-drop$dropout}"
     # shellcheck disable=SC2086  # EXTRA holds several flags
     python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision "$PRECISION" \
         --dynamo_backend no scripts/train.py --preset tiny --dataset "$DATA" \
@@ -73,7 +74,7 @@ for run in ${GRID:-en-de:0.5 en-de:1 en-de:2 de-en:1 de-en:2 en-fr:1}; do
         --max_tokens 4096 --warmup_steps 2000 --lr_scale "$scale" --num_train_epochs 500 \
         --max_train_minutes "$TRAIN_MINUTES" --save_strategy steps --save_steps 150 --save_total_limit 10 \
         --average_last 10 --eval_strategy no --logging_steps 200 --per_device_eval_batch_size 250 \
-        $precision_flag --seed 1 --disable_tqdm true --report_to none $EXTRA \
+        ${dropout:+--dropout $dropout} $precision_flag --seed 1 --disable_tqdm true --report_to none $EXTRA \
         >"$RUNS/$name.log" 2>&1 &
 done
 wait
