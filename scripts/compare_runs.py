@@ -25,7 +25,7 @@ def scored_folder(run: Path) -> Path:
 
 
 def compare(runs: list[Path], split: str, metric: str) -> tuple[list[dict], dict[str, str]]:
-    """One row per run (its training entry and scores) and the best run's name for each language pair."""
+    """One row per run (its folder, training entry and scores) and the best run's folder for each language pair."""
     rows = []
     for run in runs:
         if not run.is_dir():
@@ -34,7 +34,7 @@ def compare(runs: list[Path], split: str, metric: str) -> tuple[list[dict], dict
         training = results.get("training", {})
         pair = "-".join(training.get("languages", ["?", "?"]))
         splits = {name: scores for name, scores in results.items() if name != "training"}
-        rows.append({"run": run.name, "pair": pair, "training": training, "scores": splits})
+        rows.append({"run": str(run), "pair": pair, "training": training, "scores": splits})
     best = {}
     for row in rows:  # a run without the score (unfinished, crashed) is listed but cannot be chosen
         score = row["scores"].get(split, {}).get(metric)
@@ -68,10 +68,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     args = parser.parse_args(argv)
     rows, best = compare(args.runs, args.split, args.metric)
     sys.stdout.write(markdown(rows, best))
-    folders = {pair: str(next(r for r in args.runs if r.name == name)) for pair, name in best.items()}
     if args.best_json is not None:
-        args.best_json.write_text(json.dumps(folders, indent=2) + "\n")
-    return folders
+        args.best_json.write_text(json.dumps(best, indent=2) + "\n")
+    return best
 
 
 if __name__ == "__main__":

@@ -28,14 +28,16 @@ def make_run(root: Path, name: str, pair: tuple[str, str], val: float, test: flo
 
 
 def test_the_best_val_score_wins_even_where_test_disagrees(tmp_path):
+    """Runs are told apart by folder, so runs of the same name under different parents stay distinct."""
     runs = [
         make_run(tmp_path, "a", ("en", "de"), val=30.0, test=35.0),
         make_run(tmp_path, "b", ("en", "de"), val=31.0, test=33.0, averaged=False),  # results.json in the run
         make_run(tmp_path, "c", ("de", "en"), val=20.0, test=21.0),
+        make_run(tmp_path / "elsewhere", "a", ("de", "en"), val=19.0, test=25.0),  # same name as the first
     ]
     rows, best = compare_runs.compare(runs, split="val", metric="tok_bleu")
-    assert best == {"en-de": "b", "de-en": "c"}
-    assert {row["run"]: row["scores"]["test_2016_flickr"]["bleu"] for row in rows} == {"a": 35.0, "b": 33.0, "c": 21.0}
+    assert best == {"en-de": str(runs[1]), "de-en": str(runs[2])}
+    assert [row["scores"]["test_2016_flickr"]["bleu"] for row in rows] == [35.0, 33.0, 21.0, 25.0]
 
 
 def test_main_prints_the_table_with_the_best_in_bold_and_writes_best_json(tmp_path, capsys):
@@ -44,8 +46,8 @@ def test_main_prints_the_table_with_the_best_in_bold_and_writes_best_json(tmp_pa
     assert compare_runs.main([str(r) for r in runs] + ["--best_json", str(best_json)]) == {"en-de": str(runs[0])}
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| run | pair | minutes | updates | tgt tok/s | val bleu | val chrf | val tok_bleu |")
-    assert table[2] == "| **a** | en-de | 4.0 | 100 | 5000 | 30.00 | 50.00 | 30.10 | 35.00 | 55.00 | 35.10 |"
-    assert table[3].startswith("| b | en-de |")
+    assert table[2] == f"| **{runs[0]}** | en-de | 4.0 | 100 | 5000 | 30.00 | 50.00 | 30.10 | 35.00 | 55.00 | 35.10 |"
+    assert table[3].startswith(f"| {runs[1]} | en-de |")
     assert json.loads(best_json.read_text()) == {"en-de": str(runs[0])}
 
 
@@ -54,9 +56,9 @@ def test_a_run_without_scores_is_listed_but_never_chosen(tmp_path):
     crashed = tmp_path / "crashed"
     crashed.mkdir()
     rows, best = compare_runs.compare([crashed, finished], split="val", metric="bleu")
-    assert best == {"en-fr": "finished"}
-    assert [row["run"] for row in rows] == ["crashed", "finished"] and rows[0]["scores"] == {}
-    assert "| crashed | ?-? |" in compare_runs.markdown(rows, best)
+    assert best == {"en-fr": str(finished)}
+    assert [row["run"] for row in rows] == [str(crashed), str(finished)] and rows[0]["scores"] == {}
+    assert f"| {crashed} | ?-? |" in compare_runs.markdown(rows, best)
 
 
 def test_a_missing_run_folder_is_a_clear_error(tmp_path):
