@@ -262,8 +262,11 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             inputs["decoder_input_ids"] = self.accelerator.unwrap_model(model).prepare_decoder_input_ids_from_labels(
                 labels
             )
-        outputs = model(**inputs, use_cache=False)
-        loss_sum, nll_sum, ntokens = label_smoothed_nll_loss(outputs.logits, labels, self.args.label_smoothing_factor)
+        logits_mask = labels != -100
+        # Packed (N, V) logits of the labelled positions only, unless the caller wants (B, T, V) logits back.
+        outputs = model(**inputs, use_cache=False, logits_mask=None if return_outputs else logits_mask)
+        targets = labels if return_outputs else labels[logits_mask]
+        loss_sum, nll_sum, ntokens = label_smoothed_nll_loss(outputs.logits, targets, self.args.label_smoothing_factor)
         # num_items_in_batch: label tokens of all micro-batches of this update (summed over processes when
         # average_tokens_across_devices); None when evaluating a single batch.
         scale = 1.0 / (num_items_in_batch if num_items_in_batch is not None else ntokens)

@@ -33,6 +33,44 @@ def test_causal_mask_later_target_tokens_do_not_change_earlier_logits(tiny_model
     assert not torch.allclose(logits[:, 3:], logits_changed[:, 3:])
 
 
+def test_logits_mask_returns_exactly_the_rows_of_the_full_logits(tiny_model, batch):
+    keep = batch["labels"] != -100
+    full = tiny_model(**batch)
+    packed = tiny_model(**batch, logits_mask=keep)
+    assert packed.logits.shape == (int(keep.sum()), 99)
+    torch.testing.assert_close(packed.logits, full.logits[keep])
+    torch.testing.assert_close(packed.loss, full.loss)
+
+
+def test_training_skips_padding_logits_with_the_same_loss_and_gradients(batch):
+    model = make_tiny_model(dropout=0.0)
+    model.train()
+    packed = model(**batch)
+    assert packed.logits.shape == (int((batch["labels"] != -100).sum()), 99)  # labelled positions only
+    packed.loss.backward()
+    packed_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    full = model(**batch, logits_mask=torch.ones_like(batch["labels"], dtype=torch.bool))
+    assert full.logits.shape == (10, 99)
+    # with every position kept the -100 labels are ignored by the loss, as before
+    torch.testing.assert_close(full.loss, packed.loss)
+    full.loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, packed_grads[name], msg=name)
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (torch.ones(2, 4, dtype=torch.bool), r"bool tensor of shape \(2, 5\).*torch.bool \(2, 4\)"),
+        (torch.ones(2, 5, dtype=torch.long), r"bool tensor of shape \(2, 5\).*torch.int64 \(2, 5\)"),
+    ],
+)
+def test_logits_mask_of_the_wrong_shape_or_dtype_is_refused(tiny_model, batch, mask, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**batch, logits_mask=mask)
+
+
 def test_padding_does_not_change_a_sentence(tiny_model, batch):
     padded = tiny_model(**batch).logits
     alone = tiny_model(input_ids=batch["input_ids"][1:, :4], labels=batch["labels"][1:, :3]).logits
