@@ -86,6 +86,33 @@ POSITIONAL_EMBEDDINGS = {
 }
 
 
+class PackedTokens:
+    """The real tokens of a padded (B, L) batch, so that position-wise work skips the padding.
+
+    Every sub-layer but attention treats each position alone (§3.3: "applied to each position separately and
+    identically"), so projections, FFNs, LayerNorms and dropout run on the N real tokens only; attention gets
+    the padded (B, L) layout back, zeros at padding, which its mask hides. Results at real tokens are unchanged,
+    and a batch of random lengths (a third padding at lengths 10-30) saves a third of the work.
+    """
+
+    def __init__(self, mask: torch.Tensor):
+        self.batch, self.length = mask.shape  # mask (B, L): nonzero at real tokens
+        self.index = mask.flatten().nonzero().squeeze(-1)  # (N,)
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, L, ...) -> (N, ...)"""
+        return padded.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, L, ...), zeros at padding"""
+        padded = packed.new_zeros(self.batch * self.length, *packed.shape[1:])
+        return padded.index_copy(0, self.index, packed).unflatten(0, (self.batch, self.length))
+
+
+def _unpacked(hidden_states: torch.Tensor, tokens: PackedTokens | None) -> torch.Tensor:
+    return hidden_states if tokens is None else tokens.unpack(hidden_states)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -130,10 +157,13 @@ class VanillaTransformerAttention(nn.Module):
         key_value_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        tokens: PackedTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`hidden_states` (B, T, C), or (N, C) packed as `tokens` says; the output has the same layout."""
         is_cross_attention = key_value_states is not None
-        batch, length = hidden_states.shape[:2]
-        query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        query = _unpacked(self.q_proj(hidden_states), tokens)
+        batch, length = query.shape[:2]
+        query = query.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
         layer_cache = None
         if cache is not None:
@@ -143,10 +173,13 @@ class VanillaTransformerAttention(nn.Module):
             key = layer_cache.layers[self.layer_idx].keys
             value = layer_cache.layers[self.layer_idx].values
         else:
+            source_tokens = None if is_cross_attention else tokens
             source = key_value_states if is_cross_attention else hidden_states
-            kv_shape = (batch, source.shape[1], -1, self.head_dim)
-            key = self.k_proj(source).view(kv_shape).transpose(1, 2)  # (B, H, S, D)
-            value = self.v_proj(source).view(kv_shape).transpose(1, 2)  # (B, H, S, D)
+            key = _unpacked(self.k_proj(source), source_tokens)
+            value = _unpacked(self.v_proj(source), source_tokens)
+            kv_shape = (batch, key.shape[1], -1, self.head_dim)
+            key = key.view(kv_shape).transpose(1, 2)  # (B, H, S, D)
+            value = value.view(kv_shape).transpose(1, 2)  # (B, H, S, D)
             if layer_cache is not None:
                 key, value = layer_cache.update(key, value, self.layer_idx)
                 if is_cross_attention:
@@ -164,8 +197,10 @@ class VanillaTransformerAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             scaling=self.scaling,
         )
-        output = self.out_proj(output.reshape(batch, length, -1))  # (B, T, C)
-        return output, weights
+        output = output.reshape(batch, length, -1)  # (B, T, C)
+        if tokens is not None:
+            output = tokens.pack(output)  # (N, C)
+        return self.out_proj(output), weights
 
 
 class VanillaTransformerFeedForward(nn.Module):
@@ -196,10 +231,10 @@ class VanillaTransformerEncoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, tokens: PackedTokens | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         residual = hidden_states
-        hidden_states, self_attn_weights = self.self_attn(hidden_states, attention_mask=attention_mask)
+        hidden_states, self_attn_weights = self.self_attn(hidden_states, attention_mask=attention_mask, tokens=tokens)
         hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
         hidden_states = self.self_attn_layer_norm(residual + hidden_states)
 
@@ -231,15 +266,22 @@ class VanillaTransformerDecoderLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         cache: EncoderDecoderCache | None = None,
+        tokens: PackedTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         residual = hidden_states
-        hidden_states, self_attn_weights = self.self_attn(hidden_states, attention_mask=attention_mask, cache=cache)
+        hidden_states, self_attn_weights = self.self_attn(
+            hidden_states, attention_mask=attention_mask, cache=cache, tokens=tokens
+        )
         hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
         hidden_states = self.self_attn_layer_norm(residual + hidden_states)
 
         residual = hidden_states
         hidden_states, cross_attn_weights = self.encoder_attn(
-            hidden_states, key_value_states=encoder_hidden_states, attention_mask=encoder_attention_mask, cache=cache
+            hidden_states,
+            key_value_states=encoder_hidden_states,
+            attention_mask=encoder_attention_mask,
+            cache=cache,
+            tokens=tokens,
         )
         hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
         hidden_states = self.encoder_attn_layer_norm(residual + hidden_states)
@@ -322,8 +364,8 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
             shutil.copy(pipeline_file, Path(save_directory) / pipeline_file.name)
 
 
-def _add(collected: tuple | None, item: torch.Tensor | None) -> tuple | None:
-    return None if collected is None else (*collected, item)
+def _add(collected: tuple | None, item: torch.Tensor | None, tokens: PackedTokens | None = None) -> tuple | None:
+    return None if collected is None else (*collected, _unpacked(item, tokens))
 
 
 class VanillaTransformerStack(nn.Module):
@@ -341,6 +383,16 @@ class VanillaTransformerStack(nn.Module):
         embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, L, C)
         hidden_states = embeds + self.embed_positions(positions).to(embeds.dtype)
         return nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+
+    @staticmethod
+    def pack(
+        hidden_states: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, PackedTokens | None]:
+        """(B, L, C) -> (N, C) real tokens, when a (B, L) padding mask says which they are."""
+        if padding_mask is None or padding_mask.dim() != 2:
+            return hidden_states, None
+        tokens = PackedTokens(padding_mask[:, -hidden_states.shape[1] :])  # a cached decoder's mask spans the past
+        return tokens.pack(hidden_states), tokens
 
 
 class VanillaTransformerEncoder(VanillaTransformerStack):
@@ -364,15 +416,19 @@ class VanillaTransformerEncoder(VanillaTransformerStack):
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
         )
 
+        hidden_states, tokens = self.pack(hidden_states, attention_mask)  # (N, C)
+
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            all_hidden_states = _add(all_hidden_states, hidden_states)
-            hidden_states, attentions = layer(hidden_states, mask)
+            all_hidden_states = _add(all_hidden_states, hidden_states, tokens)
+            hidden_states, attentions = layer(hidden_states, mask, tokens)
             all_attentions = _add(all_attentions, attentions)
-        all_hidden_states = _add(all_hidden_states, hidden_states)
+        all_hidden_states = _add(all_hidden_states, hidden_states, tokens)
         return BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+            last_hidden_state=_unpacked(hidden_states, tokens),  # zeros at padding
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
         )
 
 
@@ -412,19 +468,21 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
             encoder_hidden_states=encoder_hidden_states,
         )
 
+        hidden_states, tokens = self.pack(hidden_states, attention_mask)  # (N, C)
+
         all_hidden_states = () if output_hidden_states else None
         all_self_attentions = () if output_attentions else None
         all_cross_attentions = () if output_attentions else None
         for layer in self.layers:
-            all_hidden_states = _add(all_hidden_states, hidden_states)
+            all_hidden_states = _add(all_hidden_states, hidden_states, tokens)
             hidden_states, self_attentions, cross_attentions = layer(
-                hidden_states, causal_mask, encoder_hidden_states, encoder_mask, cache=cache
+                hidden_states, causal_mask, encoder_hidden_states, encoder_mask, cache=cache, tokens=tokens
             )
             all_self_attentions = _add(all_self_attentions, self_attentions)
             all_cross_attentions = _add(all_cross_attentions, cross_attentions)
-        all_hidden_states = _add(all_hidden_states, hidden_states)
+        all_hidden_states = _add(all_hidden_states, hidden_states, tokens)
         return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states,
+            last_hidden_state=_unpacked(hidden_states, tokens),  # zeros at padding
             cache=cache if use_cache else None,
             hidden_states=all_hidden_states,
             attentions=all_self_attentions,
@@ -607,6 +665,10 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             use_cache = False
             if decoder_input_ids is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            if decoder_attention_mask is None and self.training:
+                # Positions after a sentence's last label neither predict one nor feed one that does (the
+                # decoder is causal): as padding, the decoder skips them (see PackedTokens).
+                decoder_attention_mask = (labels != -100).flip(-1).cummax(-1).values.flip(-1)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,

@@ -67,6 +67,19 @@ def test_cross_attention_projects_the_source_once_per_sentence(lively_model, bat
     assert len(calls) == 1
 
 
+def test_beam_reordering_moves_the_self_attention_cache_and_leaves_the_source_keys(lively_model, batch):
+    out = lively_model(**sources(batch), decoder_input_ids=torch.tensor([[1, 20], [1, 23]]), use_cache=True)
+    cache = out.cache
+    cross_before = [(layer.keys, layer.values) for layer in cache.cross_attention_cache.layers]
+    self_before = [layer.keys.clone() for layer in cache.self_attention_cache.layers]
+    beam_idx = torch.tensor([1, 1])
+    assert lively_model._reorder_cache(cache, beam_idx) is cache
+    for layer, keys in zip(cache.self_attention_cache.layers, self_before, strict=True):
+        assert torch.equal(layer.keys, keys[beam_idx])
+    for layer, (keys, values) in zip(cache.cross_attention_cache.layers, cross_before, strict=True):
+        assert layer.keys is keys and layer.values is values
+
+
 @pytest.mark.parametrize("kwargs", [{"num_beams": 1}, {}, {"num_beams": 3, "length_penalty_form": "hf"}])
 def test_a_padded_batch_translates_each_sentence_as_alone(lively_model, batch, kwargs):
     together = lively_model.generate(**sources(batch), **kwargs)

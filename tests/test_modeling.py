@@ -7,7 +7,7 @@ import torch
 from conftest import TINY, make_tiny_model
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from hf_vanilla_transformer.modeling_vanilla_transformer import shift_tokens_right
+from hf_vanilla_transformer.modeling_vanilla_transformer import PackedTokens, shift_tokens_right
 
 
 def test_labels_shift_right_with_decoder_start(tiny_model, batch):
@@ -42,21 +42,49 @@ def test_logits_mask_returns_exactly_the_rows_of_the_full_logits(tiny_model, bat
     torch.testing.assert_close(packed.loss, full.loss)
 
 
-def test_training_skips_padding_logits_with_the_same_loss_and_gradients(batch):
-    model = make_tiny_model(dropout=0.0)
-    model.train()
-    packed = model(**batch)
-    assert packed.logits.shape == (int((batch["labels"] != -100).sum()), 99)  # labelled positions only
-    packed.loss.backward()
-    packed_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+def loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad()
-    full = model(**batch, logits_mask=torch.ones_like(batch["labels"], dtype=torch.bool))
-    assert full.logits.shape == (10, 99)
-    # with every position kept the -100 labels are ignored by the loss, as before
-    torch.testing.assert_close(full.loss, packed.loss)
-    full.loss.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, packed_grads[name], msg=name)
+    out = model(**batch)
+    out.loss.backward()
+    return out, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        torch.tensor([[13, 14, 15, 16, 2], [17, 18, 2, -100, -100]]),  # right padding
+        torch.tensor([[13, -100, 15, 16, 2], [17, -100, 2, -100, -100]]),  # ignored tokens inside a sentence too
+    ],
+)
+def test_training_skips_padding_with_the_same_loss_and_gradients(batch, labels):
+    """Training mode packs the real tokens of both stacks and the labelled logits; eval mode computes everything."""
+    batch = {**batch, "labels": labels}
+    model = make_tiny_model(dropout=0.0)
+    full, full_grads = loss_and_gradients(model, batch)
+    assert full.logits.shape == (2, 5, 99)
+    model.train()
+    packed, packed_grads = loss_and_gradients(model, batch)
+    assert packed.logits.shape == (int((labels != -100).sum()), 99)  # labelled positions only
+    torch.testing.assert_close(packed.logits, full.logits[labels != -100])
+    torch.testing.assert_close(packed.loss, full.loss)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, msg=name)
+
+
+def test_packed_tokens_round_trip_and_zero_padding():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 1]])
+    tokens = PackedTokens(mask)
+    padded = torch.arange(18.0).view(3, 3, 2)
+    packed = tokens.pack(padded)
+    assert packed.tolist() == [[0, 1], [2, 3], [6, 7], [14, 15], [16, 17]]
+    torch.testing.assert_close(tokens.unpack(packed), padded * mask[..., None])
+
+
+def test_encoder_output_is_zero_at_padding_and_unchanged_at_real_tokens(tiny_model, batch):
+    out = tiny_model.model.encoder(batch["input_ids"], batch["attention_mask"])
+    assert out.last_hidden_state[1, 4:].eq(0).all()
+    alone = tiny_model.model.encoder(batch["input_ids"][1:, :4])  # no mask: nothing packed
+    torch.testing.assert_close(out.last_hidden_state[1, :4], alone.last_hidden_state[0])
 
 
 @pytest.mark.parametrize(
