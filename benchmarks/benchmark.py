@@ -391,21 +391,24 @@ def autocast(settings: Settings) -> contextlib.AbstractContextManager:
 # --- training --------------------------------------------------------------------------------------------------
 
 
-def training_flops(config: VanillaTransformerConfig, batch: int, source_length: int, target_length: int) -> int:
-    """Matrix-multiply FLOPs of forward + backward (3x forward) over a padded batch, attention included.
+def training_flops(config: VanillaTransformerConfig, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+    """Matrix-multiply FLOPs of forward + backward (3x forward) of the model on the real tokens of a batch.
 
-    Per layer and token, a d x d' projection costs 2 d d'; attention costs 4 d per key (QK^T and AV), over all
-    keys (the causal mask is not halved, as in PaLM's MFU).
+    Per layer and token, a d x d' projection costs 2 d d'; attention costs 4 d per query-key pair (QK^T and AV),
+    all keys of the sentence (the causal mask is not halved, as in PaLM's MFU). Padding counts for nothing: the
+    model's work is that of each sentence alone, whatever a codebase spends on padding.
     """
     c, v = config.d_model, config.vocab_size
-    source, target = batch * source_length, batch * target_length
+    source_lengths = attention_mask.sum(-1).long()  # (B,)
+    target_lengths = (labels != -100).sum(-1).long()  # (B,); right-padded labels
+    source, target = int(source_lengths.sum()), int(target_lengths.sum())
     encoder = config.encoder_layers * (
-        source * 2 * (4 * c * c + 2 * c * config.encoder_ffn_dim) + source * 4 * source_length * c
+        source * 2 * (4 * c * c + 2 * c * config.encoder_ffn_dim) + 4 * c * int((source_lengths**2).sum())
     )
     decoder = config.decoder_layers * (
         target * 2 * (6 * c * c + 2 * c * config.decoder_ffn_dim)  # self Q,K,V,O; cross Q,O; FFN
         + source * 2 * 2 * c * c  # cross-attention K, V of the source
-        + target * 4 * (target_length + source_length) * c
+        + 4 * c * int((target_lengths * (target_lengths + source_lengths)).sum())
     )
     output = target * 2 * c * v
     return 3 * (encoder + decoder + output)
@@ -456,7 +459,7 @@ def measure_training(
     for rep in range(settings.train_reps):
         batch = batches[rep % len(batches)]
         tokens += batch.target_tokens
-        flops += training_flops(models["ours"].config, *batch.input_ids.shape, batch.labels.shape[1])
+        flops += training_flops(models["ours"].config, batch.attention_mask, batch.labels)
         for name in rotated(list(models), rep):
             times[name].append(timed(settings.device, train_step, models[name], optimizers[name], batch, settings))
     peak = peak_tflops(settings)
@@ -755,6 +758,7 @@ class Report:
     throughput: list[ThroughputResult] = field(default_factory=list)
     latency: list[LatencyResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    padding: dict[str, dict[str, float]] = field(default_factory=dict)  # size -> side -> padded / real positions
 
 
 def benchmark_inference(size: str, models: dict[str, nn.Module], settings: Settings, report: Report) -> None:
@@ -777,12 +781,23 @@ def benchmark_inference(size: str, models: dict[str, nn.Module], settings: Setti
         report.latency += measure_latency(size, engines, sources[: settings.latency_sentences], settings)
 
 
+def padding_ratios(batches: list[TrainBatch]) -> dict[str, float]:
+    """Padded / real positions of the batches: work a model spends on padding unless it skips it."""
+    real_source = sum(int(b.attention_mask.sum()) for b in batches)
+    real_target = sum(b.target_tokens for b in batches)
+    return {
+        "source": sum(b.input_ids.numel() for b in batches) / real_source,
+        "target": sum(b.labels.numel() for b in batches) / real_target,
+    }
+
+
 def benchmark_training(size: str, models: dict[str, nn.Module], settings: Settings, report: Report) -> None:
     """Tokens/s (round-robin) with the models given, then each model's memory footprint from a fresh copy."""
     config = models["ours"].config
     generator = torch.Generator().manual_seed(settings.seed + 2)
     batches = token_budget_batches(settings.train_batches, settings.token_budget, config.vocab_size, generator)
     batches = [batch.to(settings.device) for batch in batches]
+    report.padding[size] = padding_ratios(batches)
     logger.info("%s: training", size)
     for model in models.values():
         model.to(settings.device)
@@ -903,6 +918,12 @@ def markdown(report: Report) -> str:
             for r in report.training
         ],
     )
+    lines += [
+        "",
+        "Padded / real positions in these batches (random lengths, not sorted): "
+        + "; ".join(f"{size} source {p['source']:.2f}, target {p['target']:.2f}" for size, p in report.padding.items())
+        + ". `TFLOP/s` counts the model's work on real tokens only.",
+    ]
     lines += _table(
         f"Translation throughput: batches of {settings['batch_size']}, every output {settings['output_length']} "
         "tokens",

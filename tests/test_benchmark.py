@@ -106,7 +106,17 @@ def test_training_flops_equal_torchs_flop_counter_over_eager_attention():
     input_ids, labels = torch.randint(4, 99, (3, 7)), torch.randint(4, 99, (3, 5))
     with FlopCounterMode(display=False) as counter:
         model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels).loss.backward()
-    assert benchmark.training_flops(config, 3, 7, 5) == counter.get_total_flops()
+    assert benchmark.training_flops(config, torch.ones_like(input_ids), labels) == counter.get_total_flops()
+
+
+def test_training_flops_of_a_padded_batch_are_those_of_its_sentences_alone(config, padded_batch):
+    alone = [
+        benchmark.training_flops(config, padded_batch["attention_mask"][i : i + 1], padded_batch["labels"][i : i + 1])
+        for i in range(2)
+    ]
+    assert benchmark.training_flops(config, padded_batch["attention_mask"], padded_batch["labels"]) == sum(alone)
+    trimmed = benchmark.training_flops(config, torch.ones(1, 4), torch.ones(1, 3))
+    assert alone[1] == trimmed  # the second sentence: 4 source tokens, 3 labels
 
 
 def test_token_budget_batches_fill_up_to_the_budget_with_multi30k_lengths():
@@ -156,6 +166,9 @@ def test_quick_run_on_a_micro_size_reports_every_model_engine_and_decoding(tmp_p
         assert row["steps"] == 2 and row["tokens_per_s"] == pytest.approx(row["target_tokens"] / row["seconds"])
         assert row["mfu"] is None and row["memory_mib"] is None  # CPU; --skip_memory
     assert training["marian"]["vs_marian"] == 1.0
+    padding = report["padding"]["micro"]
+    assert padding["source"] > 1.0 and padding["target"] > 1.0  # random lengths 10-30, not sorted
+    assert f"micro source {padding['source']:.2f}, target {padding['target']:.2f}" in md_path.read_text()
 
     engines = {"ours", "marian", "torch_nn"} | {
         f"ct2_{m}_{t}" for m in ("ours", "marian") for t in ("float32", "int8")
