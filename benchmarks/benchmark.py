@@ -48,6 +48,8 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 
 import hf_vanilla_transformer
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.batching import batch_by_tokens
+from hf_vanilla_transformer.data import load_parallel_corpus
 from hf_vanilla_transformer.modeling_vanilla_transformer import shift_tokens_right, sinusoids
 
 try:
@@ -100,6 +102,8 @@ class Settings:
     inference: bool = True
     peak_tflops: float | None = None
     seed: int = 0
+    # lengths (words + </s>) of a corpus's train split for the training batches, bucketed as our sampler does
+    length_corpus: tuple[str, str, str] | None = None  # (directory or Hub name, source lang, target lang)
 
 
 def parse_size(spec: str, vocab_size: int) -> tuple[str, VanillaTransformerConfig]:
@@ -164,6 +168,29 @@ def token_budget_batches(
                 break
             sources.append(source)
             targets.append(target)
+        input_ids = pad(sources)
+        batches.append(TrainBatch(input_ids, (input_ids != PAD).long(), pad(targets, -100), sum(map(len, targets))))
+    return batches
+
+
+def corpus_length_batches(
+    corpus: tuple[str, str, str], count: int, token_budget: int, vocab_size: int, generator: torch.Generator
+) -> list[TrainBatch]:
+    """`count` batches of random ids with the sentence lengths of a real corpus (words + </s>), cut by
+    `batch_by_tokens` as our trainer's sampler cuts them: length-sorted, so padding is what real training meets."""
+    directory, source_lang, target_lang = corpus
+    train = load_parallel_corpus(directory, source_lang, target_lang, splits=["train"])["train"]
+    lengths = {lang: [len(line.split()) + 1 for line in train[lang]] for lang in (source_lang, target_lang)}
+    order = batch_by_tokens(lengths[source_lang], lengths[target_lang], token_budget, seed=0, epoch=0)
+    batches = []
+    for indices in order[:count]:
+        sources, targets = (
+            [
+                torch.randint(4, vocab_size - 1, (lengths[lang][i] - 1,), generator=generator).tolist() + [EOS]
+                for i in indices
+            ]
+            for lang in (source_lang, target_lang)
+        )
         input_ids = pad(sources)
         batches.append(TrainBatch(input_ids, (input_ids != PAD).long(), pad(targets, -100), sum(map(len, targets))))
     return batches
@@ -795,7 +822,12 @@ def benchmark_training(size: str, models: dict[str, nn.Module], settings: Settin
     """Tokens/s (round-robin) with the models given, then each model's memory footprint from a fresh copy."""
     config = models["ours"].config
     generator = torch.Generator().manual_seed(settings.seed + 2)
-    batches = token_budget_batches(settings.train_batches, settings.token_budget, config.vocab_size, generator)
+    if settings.length_corpus:
+        batches = corpus_length_batches(
+            settings.length_corpus, settings.train_batches, settings.token_budget, config.vocab_size, generator
+        )
+    else:
+        batches = token_budget_batches(settings.train_batches, settings.token_budget, config.vocab_size, generator)
     batches = [batch.to(settings.device) for batch in batches]
     report.padding[size] = padding_ratios(batches)
     logger.info("%s: training", size)
@@ -920,7 +952,13 @@ def markdown(report: Report) -> str:
     )
     lines += [
         "",
-        "Padded / real positions in these batches (random lengths, not sorted): "
+        "Padded / real positions in these batches ("
+        + (
+            f"sentence lengths of {settings['length_corpus'][0]} train, length-bucketed as our trainer does"
+            if settings["length_corpus"]
+            else "random lengths, not sorted"
+        )
+        + "): "
         + "; ".join(f"{size} source {p['source']:.2f}, target {p['target']:.2f}" for size, p in report.padding.items())
         + ". `TFLOP/s` counts the model's work on real tokens only.",
     ]
@@ -964,6 +1002,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     parser.add_argument("--latency_sentences", type=int, default=None, help="sentences timed alone")
     parser.add_argument("--peak_tflops", type=float, default=None, help="peak for MFU (default: from the GPU name)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--length_corpus",
+        nargs=3,
+        metavar=("CORPUS", "SOURCE_LANG", "TARGET_LANG"),
+        default=None,
+        help="training batches with the sentence lengths of this corpus, bucketed (../shared/data/multi30k en de)",
+    )
     parser.add_argument("--output_json", type=Path, default=None)
     parser.add_argument("--output_md", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -984,6 +1029,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         inference=not args.skip_inference,
         peak_tflops=args.peak_tflops,
         seed=args.seed,
+        length_corpus=tuple(args.length_corpus) if args.length_corpus else None,
     )
     if args.quick:
         settings.train_batches, settings.train_warmup, settings.train_reps = 2, 1, 2
