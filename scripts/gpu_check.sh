@@ -15,10 +15,11 @@
 # Then:         device run  command="bash scripts/gpu_check.sh"  carry=[".whl", ".data"]  timeout_s=590
 #
 # MFU = achieved FLOP/s / dense bf16 peak of the datasheet (989.4 TFLOP/s for H100 SXM and H200; a plain
-# 8192^3 bf16 matmul reaches about 790-800 there, see the device notes). FLOPs are counted analytically per
-# padded batch: 2 x d_in x d_out per token per projection, 4 x d_model per query-key pair for attention (causal
-# not halved), times 3 for forward + backward (`training_flops` in benchmarks/benchmark.py, checked against
-# torch.utils.flop_counter in tests/test_benchmark.py).
+# 8192^3 bf16 matmul reaches about 790-800 there, see the device notes). FLOPs are counted analytically on the
+# real tokens of each batch: 2 x d_in x d_out per token per projection, 4 x d_model per query-key pair for
+# attention (causal not halved), times 3 for forward + backward (`training_flops` in benchmarks/benchmark.py,
+# checked against torch.utils.flop_counter in tests/test_benchmark.py). The base run takes Multi30k's sentence
+# lengths, length-bucketed as in training, so that padding neither inflates nor hides the work.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 DATA=${DATA:-.data/multi30k}
@@ -56,7 +57,8 @@ timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | ta
 
 stamp "base training at the paper's 25000-token batches"
 timeout 60 python3 benchmarks/benchmark.py --device cuda --bf16 --presets base --token_budget 25000 \
-    --train_reps 20 --skip_inference --output_json "$OUT/base_25k.json" --output_md "$OUT/base_25k.md" \
+    --length_corpus "$DATA" en de --train_reps 20 --skip_inference \
+    --output_json "$OUT/base_25k.json" --output_md "$OUT/base_25k.md" \
     >>"$CHECKS" 2>&1
 
 stamp "Multi30k: runs side by side, $TRAIN_MINUTES minutes of training each"
