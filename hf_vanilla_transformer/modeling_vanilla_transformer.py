@@ -656,19 +656,28 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         Label smoothing (§5.4) belongs to the training recipe, not the model.
 
         `logits_mask` (B, T) bool: compute logits only where it is True, returned packed as (N, V) in row-major
-        order. In training mode with `labels` it defaults to `labels != -100`, as transformers' `skip_logits`
-        models skip logits when training: the loss never reads the logits of padding, and the output projection
-        with its softmax over V is the largest layer of a small model (one third of a step's time for `tiny`
-        at vocabulary 10000).
+        order; the decoder then skips the positions after each sentence's last True. In training mode with
+        `labels` it defaults to `labels != -100`, as transformers' `skip_logits` models skip logits when
+        training: the loss never reads the logits of padding, and the output projection with its softmax over V
+        is the largest layer of a small model (40% of a `tiny` step at vocabulary 10000).
         """
         if labels is not None:
             use_cache = False
             if decoder_input_ids is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-            if decoder_attention_mask is None and self.training:
-                # Positions after a sentence's last label neither predict one nor feed one that does (the
+            if logits_mask is None and self.training:
+                logits_mask = labels != -100
+        if logits_mask is not None:
+            target_shape = None if decoder_input_ids is None else tuple(decoder_input_ids.shape)
+            if tuple(logits_mask.shape) != target_shape or logits_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"logits_mask must be a bool tensor of shape {target_shape} (batch, target length), got "
+                    f"{logits_mask.dtype} {tuple(logits_mask.shape)}"
+                )
+            if decoder_attention_mask is None:
+                # Positions after a sentence's last wanted logit neither give one nor feed one that does (the
                 # decoder is causal): as padding, the decoder skips them (see PackedTokens).
-                decoder_attention_mask = (labels != -100).flip(-1).cummax(-1).values.flip(-1)
+                decoder_attention_mask = logits_mask.flip(-1).cummax(-1).values.flip(-1)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -681,14 +690,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             output_hidden_states=output_hidden_states,
         )
         hidden_states = outputs.last_hidden_state
-        if logits_mask is None and labels is not None and self.training:
-            logits_mask = labels != -100
         if logits_mask is not None:
-            if logits_mask.shape != hidden_states.shape[:2] or logits_mask.dtype != torch.bool:
-                raise ValueError(
-                    f"logits_mask must be a bool tensor of shape {tuple(hidden_states.shape[:2])} (batch, target "
-                    f"length), got {logits_mask.dtype} {tuple(logits_mask.shape)}"
-                )
             logits_mask = logits_mask.to(hidden_states.device)
             hidden_states = hidden_states[logits_mask]  # (N, C)
         logits = self.lm_head(hidden_states)  # (B, T, V), or (N, V) with logits_mask

@@ -42,6 +42,18 @@ def test_logits_mask_returns_exactly_the_rows_of_the_full_logits(tiny_model, bat
     torch.testing.assert_close(packed.loss, full.loss)
 
 
+def test_the_decoder_skips_positions_after_the_last_wanted_logit(tiny_model, batch):
+    logits_mask = torch.tensor([[True, False, True, False, False], [True, True, True, False, False]])
+    seen = []
+    tiny_model.model.decoder.layers[0].ffn.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    decoder_input_ids = tiny_model.prepare_decoder_input_ids_from_labels(batch["labels"])
+    sources = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    packed = tiny_model(**sources, decoder_input_ids=decoder_input_ids, logits_mask=logits_mask).logits
+    assert seen == [(3 + 3, 16)]  # positions 0-2 of each sentence, packed
+    full = tiny_model(**sources, decoder_input_ids=decoder_input_ids).logits
+    torch.testing.assert_close(packed, full[logits_mask])
+
+
 def loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad()
     out = model(**batch)
