@@ -133,7 +133,11 @@ def parse_size(spec: str, vocab_size: int) -> tuple[str, VanillaTransformerConfi
 def random_sentences(count: int, vocab_size: int, generator: torch.Generator) -> list[list[int]]:
     """Multi30k-like lengths, 10-30 tokens with the final </s>; ids avoid the specials and the last id (see
     `benchmark_tokenizer`)."""
-    lengths = torch.randint(10, 31, (count,), generator=generator).tolist()
+    return sentences_of_lengths(torch.randint(10, 31, (count,), generator=generator).tolist(), vocab_size, generator)
+
+
+def sentences_of_lengths(lengths: Sequence[int], vocab_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Random ids, each sentence ending with </s> at its given length."""
     return [torch.randint(4, vocab_size - 1, (n - 1,), generator=generator).tolist() + [EOS] for n in lengths]
 
 
@@ -148,6 +152,11 @@ class TrainBatch:
     attention_mask: torch.Tensor
     labels: torch.Tensor  # -100 at padding
     target_tokens: int
+
+    @classmethod
+    def of(cls, sources: list[list[int]], targets: list[list[int]]) -> "TrainBatch":
+        input_ids = pad(sources)
+        return cls(input_ids, (input_ids != PAD).long(), pad(targets, -100), sum(map(len, targets)))
 
     def to(self, device: str) -> "TrainBatch":
         return TrainBatch(
@@ -168,8 +177,7 @@ def token_budget_batches(
                 break
             sources.append(source)
             targets.append(target)
-        input_ids = pad(sources)
-        batches.append(TrainBatch(input_ids, (input_ids != PAD).long(), pad(targets, -100), sum(map(len, targets))))
+        batches.append(TrainBatch.of(sources, targets))
     return batches
 
 
@@ -182,18 +190,12 @@ def corpus_length_batches(
     train = load_parallel_corpus(directory, source_lang, target_lang, splits=["train"])["train"]
     lengths = {lang: [len(line.split()) + 1 for line in train[lang]] for lang in (source_lang, target_lang)}
     order = batch_by_tokens(lengths[source_lang], lengths[target_lang], token_budget, seed=0, epoch=0)
-    batches = []
-    for indices in order[:count]:
-        sources, targets = (
-            [
-                torch.randint(4, vocab_size - 1, (lengths[lang][i] - 1,), generator=generator).tolist() + [EOS]
-                for i in indices
-            ]
-            for lang in (source_lang, target_lang)
+    return [
+        TrainBatch.of(
+            *(sentences_of_lengths([lengths[lang][i] for i in indices], vocab_size, generator) for lang in lengths)
         )
-        input_ids = pad(sources)
-        batches.append(TrainBatch(input_ids, (input_ids != PAD).long(), pad(targets, -100), sum(map(len, targets))))
-    return batches
+        for indices in order[:count]
+    ]
 
 
 def benchmark_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
