@@ -92,6 +92,14 @@ def test_packed_tokens_round_trip_and_zero_padding():
     torch.testing.assert_close(tokens.unpack(packed), padded * mask[..., None])
 
 
+def test_only_a_batch_with_padding_is_packed(tiny_model, batch):
+    seen = []
+    tiny_model.model.encoder.layers[0].ffn.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    tiny_model.model.encoder(batch["input_ids"], batch["attention_mask"])
+    tiny_model.model.encoder(batch["input_ids"][:1], batch["attention_mask"][:1])  # no padding
+    assert seen == [(6 + 4, 16), (1, 6, 16)]
+
+
 def test_encoder_output_is_zero_at_padding_and_unchanged_at_real_tokens(tiny_model, batch):
     out = tiny_model.model.encoder(batch["input_ids"], batch["attention_mask"])
     assert out.last_hidden_state[1, 4:].eq(0).all()
