@@ -34,6 +34,16 @@ def test_cuda_forward_equals_cpu_forward(batch, attn_implementation):
     torch.testing.assert_close(cuda.loss.cpu(), cpu.loss, atol=1e-5, rtol=1e-5)
 
 
+def test_padding_is_packed_on_cpu_only(batch):
+    """Packing waits for the device (`nonzero`): on a GPU the position-wise layers see the padded layout."""
+    model = make_tiny_model()
+    seen = []
+    model.model.encoder.layers[0].ffn.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    model.model.encoder(batch["input_ids"], batch["attention_mask"])
+    model.to("cuda").model.encoder(**on("cuda", {k: batch[k] for k in ("input_ids", "attention_mask")}))
+    assert seen == [(6 + 4, 16), (2, 6, 16)]
+
+
 @pytest.mark.parametrize("kwargs", [{"num_beams": 1}, PAPER_BEAM])
 def test_cuda_generate_equals_cpu_generate(batch, kwargs):
     model = make_tiny_model(init_std=0.5)

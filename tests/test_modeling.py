@@ -256,6 +256,16 @@ def test_eager_and_flex_attention_agree_on_a_forward(batch):
         torch.testing.assert_close(eager(**batch).logits, flex(**batch).logits, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # compiles C++ kernels: about a minute on 2 cores
+def test_a_padded_batch_compiles_as_one_graph_with_the_eager_results(tiny_model, batch):
+    torch._dynamo.reset()
+    compiled = torch.compile(tiny_model, fullgraph=True)  # fails on any graph break, e.g. packing's nonzero
+    with torch.no_grad():
+        eager, graph = tiny_model(**batch), compiled(**batch)
+    torch.testing.assert_close(graph.loss, eager.loss, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(graph.logits, eager.logits, atol=1e-5, rtol=1e-4)
+
+
 def test_three_way_tie_is_one_tensor(tiny_model):
     shared = tiny_model.model.shared.weight
     assert tiny_model.lm_head.weight is shared
