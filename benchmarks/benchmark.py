@@ -90,6 +90,8 @@ class Settings:
     device: str = "cpu"
     bf16: bool = False
     token_budget: int = 2000  # target tokens per training batch
+    train_models: tuple[str, ...] = MODELS  # the models whose training is measured
+    compile: bool = False  # torch.compile (dynamic shapes) the models for training
     train_batches: int = 4
     train_warmup: int = 2  # untimed steps per model on each batch shape: allocator, kernels, Adam state
     train_reps: int = 10
@@ -476,6 +478,7 @@ def measure_training(
     size: str, models: dict[str, nn.Module], batches: list[TrainBatch], settings: Settings
 ) -> list[TrainingResult]:
     """Round-robin training steps: in repetition r every model takes one step on the same batch r."""
+    config = settings.sizes[size]
     optimizers = {name: adam(model.train()) for name, model in models.items()}
     for name, model in models.items():
         # Every batch shape once at least: on CUDA the first model to meet a new shape pays the caching allocator's
@@ -488,7 +491,7 @@ def measure_training(
     for rep in range(settings.train_reps):
         batch = batches[rep % len(batches)]
         tokens += batch.target_tokens
-        flops += training_flops(models["ours"].config, batch.attention_mask, batch.labels)
+        flops += training_flops(config, batch.attention_mask, batch.labels)
         for name in rotated(list(models), rep):
             times[name].append(timed(settings.device, train_step, models[name], optimizers[name], batch, settings))
     peak = peak_tflops(settings)
@@ -832,15 +835,17 @@ def benchmark_training(size: str, models: dict[str, nn.Module], settings: Settin
         batches = token_budget_batches(settings.train_batches, settings.token_budget, config.vocab_size, generator)
     batches = [batch.to(settings.device) for batch in batches]
     report.padding[size] = padding_ratios(batches)
-    logger.info("%s: training", size)
-    for model in models.values():
-        model.to(settings.device)
-    training = measure_training(size, models, batches, settings)
+    logger.info("%s: training%s", size, " (compiling first)" if settings.compile else "")
+    trained = {name: models[name].to(settings.device) for name in settings.train_models}
+    if settings.compile:  # one graph for every batch shape: the shapes of token-budget batches vary
+        trained = {name: torch.compile(model, dynamic=True) for name, model in trained.items()}
+    training = measure_training(size, trained, batches, settings)
     models.clear()  # free them before the footprints
+    trained.clear()
     gc.collect()
     if settings.memory:
         logger.info("%s: memory", size)
-        footprints = training_footprints_mib(MODELS, config, batches, settings)
+        footprints = training_footprints_mib(settings.train_models, config, batches, settings)
         for result in training:
             result.memory_mib = footprints[result.model]
     report.training += training
@@ -942,11 +947,12 @@ def markdown(report: Report) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"Settings: {json.dumps(settings)}.",
     ]
+    precision = ("bf16 autocast" if settings["bf16"] else "fp32") + (", torch.compile" if settings["compile"] else "")
     lines += _table(
         f"Training: forward + backward + Adam step, {settings['token_budget']} target tokens per batch",
         ["size", "model", "precision", "target tokens/s", "× Marian", "step ms (median)", "TFLOP/s", "MFU", "MiB"],
         [
-            [r.size, r.model, "bf16 autocast" if settings["bf16"] else "fp32", _number(r.tokens_per_s, 0)]
+            [r.size, r.model, precision, _number(r.tokens_per_s, 0)]
             + [_number(r.vs_marian, 2), _number(r.step_ms_median), _number(r.achieved_tflops, 3)]
             + ["" if r.mfu is None else f"{100 * r.mfu:.1f}%", _number(r.memory_mib, 0)]
             for r in report.training
@@ -997,6 +1003,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch (and CTranslate2) threads")
     parser.add_argument("--token_budget", type=int, default=2000, help="target tokens per training batch")
+    parser.add_argument(
+        "--train_models", nargs="+", choices=MODELS, default=list(MODELS), help="models whose training is measured"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models for training")
     parser.add_argument("--skip_memory", action="store_true", help="do not measure training memory")
     parser.add_argument("--skip_inference", action="store_true", help="measure training only")
     parser.add_argument("--train_reps", type=int, default=None, help="timed training steps per model")
@@ -1027,6 +1037,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         device=args.device,
         bf16=args.bf16,
         token_budget=args.token_budget,
+        train_models=tuple(args.train_models),
+        compile=args.compile,
         memory=not args.skip_memory,
         inference=not args.skip_inference,
         peak_tflops=args.peak_tflops,
