@@ -202,6 +202,27 @@ def test_quick_run_on_a_micro_size_reports_every_model_engine_and_decoding(tmp_p
     assert "| micro | ct2_marian_int8 | beam4 |" in markdown and "## Single-sentence latency" in markdown
 
 
+def test_train_models_measures_those_models_only(tmp_path):
+    json_path, md_path = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = ["--quick", "--sizes", MICRO, "--vocab_size", "64", "--skip_memory", "--skip_inference"]
+    benchmark.main([*args, "--train_models", "ours", "--output_json", str(json_path), "--output_md", str(md_path)])
+    report = json.loads(json_path.read_text())
+    assert [row["model"] for row in report["training"]] == ["ours"]
+    assert report["training"][0]["vs_marian"] is None  # no Marian row to divide by
+    assert "| micro | ours | fp32 |" in md_path.read_text()
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--train_models", "fairseq"])
+
+
+@pytest.mark.slow  # compiles C++ kernels: minutes on 2 cores
+def test_compiled_training_is_reported_as_such(tmp_path):
+    md_path = tmp_path / "bench.md"
+    args = ["--quick", "--sizes", MICRO, "--vocab_size", "64", "--skip_memory", "--skip_inference", "--compile"]
+    report = benchmark.main([*args, "--train_models", "ours", "--output_md", str(md_path)])
+    assert report.settings["compile"] and [row.model for row in report.training] == ["ours"]
+    assert "| micro | ours | fp32, torch.compile |" in md_path.read_text()
+
+
 @pytest.mark.slow  # three fresh interpreters import torch and transformers: 15-60 s on two shared cores
 def test_cpu_training_footprints_hold_the_logits_and_agree_across_codebases():
     """Each model trains in a fresh process; with a large vocabulary the logits dominate: all positions' in the
