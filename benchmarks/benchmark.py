@@ -91,7 +91,7 @@ class Settings:
     bf16: bool = False
     token_budget: int = 2000  # target tokens per training batch
     train_models: tuple[str, ...] = MODELS  # the models whose training is measured
-    compile: bool = False  # torch.compile (dynamic shapes) the models for training
+    compile: str | None = None  # torch.compile mode (dynamic shapes) of the models for training
     train_batches: int = 4
     train_warmup: int = 2  # untimed steps per model on each batch shape: allocator, kernels, Adam state
     train_reps: int = 10
@@ -838,7 +838,8 @@ def benchmark_training(size: str, models: dict[str, nn.Module], settings: Settin
     logger.info("%s: training%s", size, " (compiling first)" if settings.compile else "")
     trained = {name: models[name].to(settings.device) for name in settings.train_models}
     if settings.compile:  # one graph for every batch shape: the shapes of token-budget batches vary
-        trained = {name: torch.compile(model, dynamic=True) for name, model in trained.items()}
+        mode = None if settings.compile == "default" else settings.compile
+        trained = {name: torch.compile(model, dynamic=True, mode=mode) for name, model in trained.items()}
     training = measure_training(size, trained, batches, settings)
     models.clear()  # free them before the footprints
     trained.clear()
@@ -947,7 +948,9 @@ def markdown(report: Report) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"Settings: {json.dumps(settings)}.",
     ]
-    precision = ("bf16 autocast" if settings["bf16"] else "fp32") + (", torch.compile" if settings["compile"] else "")
+    precision = "bf16 autocast" if settings["bf16"] else "fp32"
+    if settings["compile"]:
+        precision += ", torch.compile" + ("" if settings["compile"] == "default" else f" {settings['compile']}")
     lines += _table(
         f"Training: forward + backward + Adam step, {settings['token_budget']} target tokens per batch",
         ["size", "model", "precision", "target tokens/s", "× Marian", "step ms (median)", "TFLOP/s", "MFU", "MiB"],
@@ -1006,7 +1009,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     parser.add_argument(
         "--train_models", nargs="+", choices=MODELS, default=list(MODELS), help="models whose training is measured"
     )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the models for training")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        help="torch.compile the models for training, in this mode (reduce-overhead: CUDA graphs)",
+    )
     parser.add_argument("--skip_memory", action="store_true", help="do not measure training memory")
     parser.add_argument("--skip_inference", action="store_true", help="measure training only")
     parser.add_argument("--train_reps", type=int, default=None, help="timed training steps per model")

@@ -212,6 +212,7 @@ def test_train_models_measures_those_models_only(tmp_path):
     assert "| micro | ours | fp32 |" in md_path.read_text()
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--train_models", "fairseq"])
+    assert benchmark.parse_args(["--compile", "reduce-overhead"])[0].compile == "reduce-overhead"
 
 
 @pytest.mark.slow  # compiles C++ kernels: minutes on 2 cores
@@ -219,7 +220,7 @@ def test_compiled_training_is_reported_as_such(tmp_path):
     md_path = tmp_path / "bench.md"
     args = ["--quick", "--sizes", MICRO, "--vocab_size", "64", "--skip_memory", "--skip_inference", "--compile"]
     report = benchmark.main([*args, "--train_models", "ours", "--output_md", str(md_path)])
-    assert report.settings["compile"] and [row.model for row in report.training] == ["ours"]
+    assert report.settings["compile"] == "default" and [row.model for row in report.training] == ["ours"]
     assert "| micro | ours | fp32, torch.compile |" in md_path.read_text()
 
 
