@@ -110,6 +110,11 @@ class PackedTokens:
         return padded.index_copy(0, self.index, packed).unflatten(0, (self.batch, self.length))
 
 
+def _skips_padding(device: torch.device) -> bool:
+    """Whether the stacks pack real tokens: on CPU, outside `torch.compile` (see `VanillaTransformerStack.pack`)."""
+    return device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _unpacked(hidden_states: torch.Tensor, tokens: PackedTokens | None) -> torch.Tensor:
     return hidden_states if tokens is None else tokens.unpack(hidden_states)
 
@@ -397,12 +402,7 @@ class VanillaTransformerStack(nn.Module):
         On an H200, base training on 25k-token batches ran at 0.89x MarianMTModel's speed with packing (at
         parity without it, in an earlier run).
         """
-        if (
-            padding_mask is None
-            or padding_mask.dim() != 2
-            or hidden_states.device.type != "cpu"
-            or torch.compiler.is_compiling()
-        ):
+        if padding_mask is None or padding_mask.dim() != 2 or not _skips_padding(hidden_states.device):
             return hidden_states, None
         padding_mask = padding_mask[:, -hidden_states.shape[1] :]  # a cached decoder's mask spans the past
         if padding_mask.all():  # nothing to skip: spare the copies
@@ -690,9 +690,10 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
                     f"logits_mask must be a bool tensor of shape {target_shape} (batch, target length), got "
                     f"{logits_mask.dtype} {tuple(logits_mask.shape)}"
                 )
-            if decoder_attention_mask is None:
+            if decoder_attention_mask is None and _skips_padding(self.lm_head.weight.device):
                 # Positions after a sentence's last wanted logit neither give one nor feed one that does (the
-                # decoder is causal): as padding, the decoder skips them (see PackedTokens).
+                # decoder is causal): as padding, the decoder skips them (see PackedTokens). Elsewhere no mask:
+                # the decoder's self-attention keeps the kernels' plain causal path.
                 # (A cumulative sum, not cummax: torch 2.11's inductor fails to compile cummax for CUDA.)
                 decoder_attention_mask = logits_mask.flip(-1).cumsum(-1).flip(-1) > 0
         outputs = self.model(
