@@ -13,8 +13,8 @@ Peers, each with our random weights where it can share them:
 
 Steps are interleaved (round-robin over the models within each repetition, the starting model rotating), so that
 machine drift (other jobs, clocks, heat) hits every model alike. Sentences are random token ids of 10-30 tokens
-(Multi30k-like), seeded. Inference forces every output to the same length (min = max new tokens), so every engine
-does the same work whatever its weights predict.
+(Multi30k-like), seeded. Inference forces every output to the same length (</s> suppressed up to the maximum
+number of new tokens), so every engine does the same work whatever its weights predict.
 
     python benchmarks/benchmark.py --quick                       # about a minute on 2 CPU cores
     python benchmarks/benchmark.py --output_json b.json --output_md b.md
@@ -43,7 +43,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, models
 from torch import nn
-from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerFast
+from transformers import LogitsProcessor, LogitsProcessorList, MarianConfig, MarianMTModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 import hf_vanilla_transformer
@@ -630,6 +630,19 @@ class Engine:
     decodings: tuple[str, ...]
 
 
+class SuppressEndOfSentence(LogitsProcessor):
+    """Forces the benchmark's fixed output length: </s> never wins, masked in place.
+
+    `min_new_tokens` would do the same through transformers' two minimum-length processors, each of which copies
+    and rewrites the whole (rows, vocabulary) score matrix at every step: about a third of a `tiny` beam-4 step
+    (profiled), a cost that real decoding, with no minimum length, never pays.
+    """
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, EOS] = -math.inf
+        return scores
+
+
 def hf_engine(name: str, model: nn.Module, settings: Settings, decodings: tuple[str, ...]) -> Engine:
     our_model = isinstance(model, VanillaTransformerForConditionalGeneration)
 
@@ -642,8 +655,8 @@ def hf_engine(name: str, model: nn.Module, settings: Settings, decodings: tuple[
             return model.generate(
                 input_ids=input_ids,
                 attention_mask=(input_ids != PAD).long(),
-                min_new_tokens=settings.output_length,
                 max_new_tokens=settings.output_length,
+                logits_processor=LogitsProcessorList([SuppressEndOfSentence()]),
                 **kwargs,
             )
 

@@ -89,6 +89,25 @@ def test_torch_transformer_greedy_equals_our_generate_at_forced_length(ours, con
     assert torch.equal(peer.greedy(*sources.values(), length=7), expected)
 
 
+@pytest.mark.parametrize("decoding", ["greedy", "beam4", "beam4_gnmt"])
+def test_forced_length_decodes_as_min_new_tokens_does_without_its_copies(ours, config, decoding):
+    with torch.no_grad():  # a model that would end every sentence at once: </s> wins every step by a margin
+        final_norm = ours.model.decoder.layers[-1].final_layer_norm
+        final_norm.weight.mul_(0.1)
+        final_norm.bias.copy_(ours.lm_head.weight[benchmark.EOS])
+        ours.lm_head.weight[benchmark.EOS] *= 3
+    settings = benchmark.Settings(sizes={"micro": config}, output_length=9)
+    sources = [[5, 6, 7, 8, 9, 2], [10, 11, 2]]
+    input_ids = benchmark.pad(sources)
+    kwargs = dict(benchmark.DECODINGS[decoding]) | ({"length_penalty_form": "hf"} if decoding == "beam4" else {})
+    expected = ours.generate(
+        input_ids=input_ids, attention_mask=(input_ids != 0).long(), min_new_tokens=9, max_new_tokens=9, **kwargs
+    )
+    generated = benchmark.hf_engine("ours", ours, settings, (decoding,)).translate(sources, decoding)
+    assert generated.shape == (2, 1 + 9) and not (generated[:, 1:] == benchmark.EOS).any()
+    assert torch.equal(generated, expected)
+
+
 def test_torch_transformer_peer_puts_dropout_where_we_do():
     config = VanillaTransformerConfig(**TINY, dropout=0.3, attention_dropout=0.1, activation_dropout=0.2)
     peer = benchmark.TorchTransformerTranslator(config)
