@@ -22,7 +22,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser,
 
 from .configuration_vanilla_transformer import PRESETS, VanillaTransformerConfig
 from .data import load_parallel_corpus
-from .metrics import sacrebleu_scores, tokenized_bleu
+from .metrics import moses_detokenize, multi_bleu, sacrebleu_scores, tokenized_bleu
 from .model_card import write_model_card
 from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from .tokenization import check_tokenizer_matches_config, train_bpe_tokenizer
@@ -98,6 +98,14 @@ class DataArguments:
             "when it exists (Multi30k's lowercased, Moses-tokenised files)."
         },
     )
+    raw_references: str | None = field(
+        default=None,
+        metadata={
+            "help": "Set when DATASET holds Moses-tokenised text (Multi30k's tok/ files): the folder of the raw "
+            "references. The model's output is then Moses-detokenised before scoring: sacreBLEU against these, "
+            "tokenised BLEU against DATASET's own files."
+        },
+    )
     max_length: int | None = field(
         default=None, metadata={"help": "Truncate source and target to this many tokens (default: no truncation)."}
     )
@@ -121,13 +129,34 @@ class DataArguments:
         return datasets.DatasetDict({**train, **validation})
 
     def tok_reference_dir(self) -> Path | None:
+        """--tok_references, else the dataset itself if it is tokenised text, else DATASET/tok if it exists."""
         if self.tok_references is not None:
-            path = Path(self.tok_references)
-            if not path.is_dir():
-                raise FileNotFoundError(f"tok_references {path} is not a directory")
-            return path
+            return _existing_dir(self.tok_references, "tok_references")
+        if self.raw_references is not None:
+            return Path(self.dataset)
         default = Path(self.dataset) / "tok"
         return default if default.is_dir() else None
+
+    def references(self, corpus: datasets.DatasetDict, split: str) -> list[str]:
+        """The references sacreBLEU scores `split` against: the dataset's, or those of --raw_references."""
+        if self.raw_references is None:
+            return list(corpus[split][self.target_lang])
+        raw = load_parallel_corpus(
+            _existing_dir(self.raw_references, "raw_references"), self.source_lang, self.target_lang, [split]
+        )[split]
+        full_length = len(self.load([split])[split])
+        if len(raw) != full_length:
+            raise ValueError(
+                f"raw_references {self.raw_references} has {len(raw)} pairs in split {split!r} but dataset "
+                f"{self.dataset} has {full_length}: they must be the same sentences"
+            )
+        return list(raw[self.target_lang])[: len(corpus[split])]
+
+
+def _existing_dir(path: str, name: str) -> Path:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{name} {path} is not a directory")
+    return Path(path)
 
 
 @dataclass
@@ -349,7 +378,9 @@ def evaluate_splits(
 
     Scores: sacreBLEU and chrF against the raw references, plus Multi30k's tokenised BLEU where the tokenised
     references have the split (see `metrics.py` for why the two BLEU figures differ). `results.json` maps each
-    split to its scores; splits scored before and not now are kept.
+    split to its scores; splits scored before and not now are kept. A model trained on tokenised text (with
+    `data_args.raw_references`) has its tokenised output scored as it is by tokenised BLEU, and Moses-detokenised
+    by sacreBLEU and in the hypotheses file.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -360,14 +391,18 @@ def evaluate_splits(
     paper_fields = ("num_beams", "length_penalty", "length_penalty_form", "max_length_offset")
     decoding = {k: getattr(model.generation_config, k, None) for k in paper_fields} | generate_kwargs
 
+    references = {split: data_args.references(corpus, split) for split in splits}  # errors before translating
     results = {}
     for split in splits:
-        hypotheses = translate(model, tokenizer, list(corpus[split][src]), batch_size, **generate_kwargs)
+        output = translate(model, tokenizer, list(corpus[split][src]), batch_size, **generate_kwargs)
+        tokenised_output = data_args.raw_references is not None
+        hypotheses = moses_detokenize(output, tgt) if tokenised_output else output
         (output_dir / f"hypotheses.{split}.{tgt}.txt").write_text("".join(f"{h}\n" for h in hypotheses))
-        scores = sacrebleu_scores(hypotheses, list(corpus[split][tgt]))
+        scores = sacrebleu_scores(hypotheses, references[split])
         line = f"{split} ({len(hypotheses)} sentences): sacreBLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}"
         if split in tok_corpus:
-            tok = tokenized_bleu(hypotheses, list(tok_corpus[split][tgt])[: len(hypotheses)], tgt)
+            tok_refs = list(tok_corpus[split][tgt])[: len(output)]
+            tok = multi_bleu(output, tok_refs) if tokenised_output else tokenized_bleu(output, tok_refs, tgt)
             scores.update(tok_bleu=tok["bleu"], tok_bleu_signature=tok["bleu_signature"])
             line += f", tokenised BLEU {tok['bleu']:.2f}"
         results[split] = {**scores, "sentences": len(hypotheses), "decoding": decoding}

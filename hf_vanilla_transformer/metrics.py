@@ -17,7 +17,7 @@ from pathlib import Path
 import evaluate
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
-from sacremoses import MosesPunctNormalizer, MosesTokenizer
+from sacremoses import MosesDetokenizer, MosesPunctNormalizer, MosesTokenizer
 from transformers import EvalPrediction
 
 # Shipped inside the package: `evaluate.load("sacrebleu")` would fetch its script from the Hub.
@@ -66,19 +66,28 @@ def moses_preprocess(lines: Sequence[str], lang: str) -> list[str]:
     ]
 
 
-def tokenized_bleu(hypotheses: Sequence[str], tok_references: Sequence[str], lang: str) -> dict[str, float | str]:
-    """Multi30k's tokenised BLEU: ``moses_preprocess`` the hypotheses, then ``multi-bleu.perl`` against ``tok/`` refs.
+def moses_detokenize(lines: Sequence[str], lang: str) -> list[str]:
+    """Undoes the tokenisation and escaping of ``moses_preprocess`` (not its lowercasing): the text form of the
+    output of a model trained on ``tok/`` files, for sacreBLEU and for reading."""
+    detokenizer = MosesDetokenizer(lang)
+    return [detokenizer.detokenize(line.split(), unescape=True) for line in lines]
 
-    Hypotheses are raw model output (cased, detokenised); a model trained on ``tok/`` text outputs tokenised, escaped
-    text, which must be Moses-detokenised first (re-tokenising would escape ``&apos;`` again). sacreBLEU with
-    ``tokenize="none"`` and no smoothing computes multi-bleu.perl's corpus BLEU.
-    """
-    _check_pairs(hypotheses, tok_references, "tok_references")
+
+def multi_bleu(tokenised_hypotheses: Sequence[str], tok_references: Sequence[str]) -> dict[str, float | str]:
+    """``multi-bleu.perl``'s corpus BLEU of tokenised text as it is: sacreBLEU with ``tokenize="none"`` and no
+    smoothing. For the output of a model trained on ``tok/`` text, this is the literature's figure."""
+    _check_pairs(tokenised_hypotheses, tok_references, "tok_references")
     bleu = BLEU(tokenize="none", smooth_method="none")
     return {
-        "bleu": bleu.corpus_score(moses_preprocess(hypotheses, lang), [list(tok_references)]).score,
+        "bleu": bleu.corpus_score(list(tokenised_hypotheses), [list(tok_references)]).score,
         "bleu_signature": str(bleu.get_signature()),
     }
+
+
+def tokenized_bleu(hypotheses: Sequence[str], tok_references: Sequence[str], lang: str) -> dict[str, float | str]:
+    """Multi30k's tokenised BLEU of text output: ``moses_preprocess`` the hypotheses, then ``multi_bleu``."""
+    _check_pairs(hypotheses, tok_references, "tok_references")
+    return multi_bleu(moses_preprocess(hypotheses, lang), tok_references)
 
 
 def load_metric() -> evaluate.EvaluationModule:
@@ -116,7 +125,9 @@ __all__ = [
     "METRIC_PATH",
     "build_compute_metrics",
     "load_metric",
+    "moses_detokenize",
     "moses_preprocess",
+    "multi_bleu",
     "sacrebleu_scores",
     "tokenized_bleu",
 ]

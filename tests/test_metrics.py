@@ -15,7 +15,9 @@ from hf_vanilla_transformer.metrics import (
     METRIC_PATH,
     build_compute_metrics,
     load_metric,
+    moses_detokenize,
     moses_preprocess,
+    multi_bleu,
     sacrebleu_scores,
     tokenized_bleu,
 )
@@ -128,6 +130,22 @@ def test_tokenized_bleu_by_hand():
     assert tokenized_bleu(["The dog's ball."], ["the dog &apos;s red ball ."], "en")["bleu"] == 0.0
     with pytest.raises(ValueError, match="got 1 hypotheses and 2 tok_references"):
         tokenized_bleu(["a"], ["a", "b"], "en")
+
+
+def test_moses_detokenize_undoes_tokenisation_and_escaping_not_lowercasing():
+    tokenised = ["a dog &apos;s ball , the &quot; welcome &quot; sign .", "er sagt : &quot; wir sind da &quot; ."]
+    assert moses_detokenize(tokenised[:1], "en") == ['a dog\'s ball, the "welcome" sign.']
+    assert moses_detokenize(tokenised[1:], "de") == ['er sagt: "wir sind da".']
+    assert moses_preprocess(moses_detokenize(tokenised[:1], "en"), "en") == tokenised[:1]
+    assert moses_preprocess(moses_detokenize(tokenised[1:], "de"), "de") == tokenised[1:]
+
+
+def test_multi_bleu_scores_tokenised_text_as_it_is():
+    assert multi_bleu(["a dog &apos;s ball ."], ["a dog &apos;s ball ."])["bleu"] == pytest.approx(100.0)
+    # the same text, not tokenised the same way: tokenized_bleu would tokenise it, multi_bleu does not
+    assert multi_bleu(["a dog's ball."], ["a dog &apos;s ball ."])["bleu"] == 0.0
+    with pytest.raises(ValueError, match="got 1 hypotheses and 2 tok_references"):
+        multi_bleu(["a"], ["a", "b"])
 
 
 MULTI30K_FILES = [

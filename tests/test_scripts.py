@@ -21,7 +21,13 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_vanilla_transformer.batching import batch_by_tokens
 from hf_vanilla_transformer.data import load_parallel_corpus, tokenize_corpus
-from hf_vanilla_transformer.metrics import moses_preprocess, sacrebleu_scores, tokenized_bleu
+from hf_vanilla_transformer.metrics import (
+    moses_detokenize,
+    moses_preprocess,
+    multi_bleu,
+    sacrebleu_scores,
+    tokenized_bleu,
+)
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +153,10 @@ def read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
+def read_lines_gz(path: Path) -> list[str]:
+    return gzip.decompress(path.read_bytes()).decode().split("\n")[:-1]
+
+
 def generate_one_by_one(model, tokenizer, lines: list[str], **kwargs) -> list[str]:
     """Reference translations: one sentence per generate() call, so no padding is involved."""
     outputs = []
@@ -265,6 +275,41 @@ def test_evaluate_script_writes_hypotheses_and_scores(corpus, run, tmp_path):
     assert "tok_bleu" in scores
     with pytest.raises(ValueError, match="--output_dir is required"):
         script("evaluate_bleu").main(["--model_name_or_path", "someone/some-model", "--dataset", str(corpus)])
+
+
+def test_evaluate_script_scores_a_model_of_tokenised_text_as_the_literature_does(corpus, run, tmp_path):
+    # DATASET holds Multi30k-style tok/ files: the sources given to the model are lowercased and tokenised.
+    options = {
+        "model_name_or_path": str(run / "averaged"),
+        "dataset": str(corpus / "tok"),
+        "raw_references": str(corpus),
+        "eval_splits": ["test_2016_flickr"],
+        "max_eval_samples": 6,
+        "num_beams": 1,
+        "output_dir": str(tmp_path / "scores"),
+    }
+    results = script("evaluate_bleu").main(flags(options))["test_2016_flickr"]
+
+    model_dir = run / "averaged"
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    tok = load_parallel_corpus(corpus / "tok", "en", "de")["test_2016_flickr"][:6]
+    raw = load_parallel_corpus(corpus, "en", "de")["test_2016_flickr"][:6]
+    output = generate_one_by_one(model, tokenizer, tok["en"], num_beams=1)
+    assert read_lines(tmp_path / "scores" / "hypotheses.test_2016_flickr.de.txt") == moses_detokenize(output, "de")
+    assert results["bleu"] == sacrebleu_scores(moses_detokenize(output, "de"), raw["de"])["bleu"]
+    assert results["tok_bleu"] == multi_bleu(output, tok["de"])["bleu"]  # the tokenised output as it is
+
+    misaligned = tmp_path / "misaligned"
+    misaligned.mkdir()
+    for lang in ("en", "de"):
+        lines = read_lines_gz(corpus / f"test_2016_flickr.{lang}.gz")[:-1]
+        (misaligned / f"test_2016_flickr.{lang}").write_text("".join(f"{line}\n" for line in lines))
+    for folder, error, message in (
+        (misaligned, ValueError, "has 11 pairs in split 'test_2016_flickr' but dataset .* has 12"),
+        (tmp_path / "none", FileNotFoundError, "raw_references .*none is not a directory"),
+    ):
+        with pytest.raises(error, match=message):
+            script("evaluate_bleu").main(flags(options | {"raw_references": str(folder)}))
 
 
 def test_translate_script_from_file_and_stdin(corpus, run, tmp_path, monkeypatch, capsys):
