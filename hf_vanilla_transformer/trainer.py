@@ -218,7 +218,8 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             batch_sampler=sampler,
             collate_fn=self.data_collator,
             num_workers=num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
+            # pinned memory only speeds copies to an accelerator; on CPU torch warns that it is ignored
+            pin_memory=self.args.dataloader_pin_memory and self.args.device.type != "cpu",
             persistent_workers=self.args.dataloader_persistent_workers,
             prefetch_factor=self.args.dataloader_prefetch_factor,
             worker_init_fn=partial(seed_worker, num_workers=num_workers, rank=self.args.process_index),

@@ -2,6 +2,7 @@
 
 import copy
 import random
+import warnings
 
 import datasets
 import pytest
@@ -133,6 +134,20 @@ def test_token_budget_batches_reach_the_model(tokenizer, tmp_path):
     assert trainer.tokens_per_update["src"] == pytest.approx(
         sum(dataset["src_len"][i] for batch in first_epoch for i in batch) / len(first_epoch)
     )
+
+
+def test_no_memory_is_pinned_without_an_accelerator(tokenizer, tmp_path):
+    # without --use_cpu transformers keeps its default dataloader_pin_memory=True, which torch ignores with a warning
+    args = training_args(tmp_path, use_cpu=False, max_tokens=60, max_steps=1)
+    dataset = copy_dataset(tokenizer, sentences(8, seed=1))
+    trainer = VanillaSeq2SeqTrainer(
+        model=tiny_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    assert args.dataloader_pin_memory
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        next(iter(trainer.get_train_dataloader()))
+    assert [str(w.message) for w in caught if "pin_memory" in str(w.message)] == []
 
 
 def test_logged_loss_is_label_smoothed_loss_per_token(tokenizer, tmp_path):
