@@ -234,6 +234,18 @@ def test_train_models_measures_those_models_only(tmp_path):
     assert benchmark.parse_args(["--compile", "reduce-overhead"])[0].compile == "reduce-overhead"
 
 
+def test_skip_training_measures_inference_only(tmp_path):
+    md_path = tmp_path / "bench.md"
+    args = ["--quick", "--sizes", MICRO, "--vocab_size", "64", "--skip_training", "--output_md", str(md_path)]
+    report = benchmark.main(args)
+    assert report.training == [] and report.padding == {}
+    assert {row.decoding for row in report.throughput} == {"greedy", "beam4", "beam4_gnmt"}
+    markdown = md_path.read_text()
+    assert "## Training" not in markdown and "Padded / real" not in markdown and "## Translation" in markdown
+    with pytest.raises(ValueError, match="--skip_training and --skip_inference together leave nothing to measure"):
+        benchmark.parse_args(["--skip_training", "--skip_inference"])
+
+
 @pytest.mark.slow  # compiles C++ kernels: minutes on 2 cores
 def test_compiled_training_is_reported_as_such(tmp_path):
     md_path = tmp_path / "bench.md"
