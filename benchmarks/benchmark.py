@@ -635,8 +635,8 @@ class SuppressEndOfSentence(LogitsProcessor):
     """Forces the benchmark's fixed output length: </s> never wins, masked in place.
 
     `min_new_tokens` would do the same through transformers' two minimum-length processors, each of which copies
-    and rewrites the whole (rows, vocabulary) score matrix at every step: a fifth of a `tiny`
-    beam-4 step (19% in an A/B), a cost that real decoding, with no minimum length, never pays.
+    and rewrites the whole (rows, vocabulary) score matrix at every step: a fifth of a `tiny` beam-4 step (19% in
+    an A/B), a cost that real decoding, with no minimum length, never pays.
     """
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

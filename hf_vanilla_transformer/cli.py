@@ -102,8 +102,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Set when DATASET holds Moses-tokenised text (Multi30k's tok/ files): the folder of the raw "
-            "references. The model's output is then Moses-detokenised before scoring: sacreBLEU against these, "
-            "tokenised BLEU against DATASET's own files."
+            "references. sacreBLEU then scores the model's Moses-detokenised output against these, and tokenised "
+            "BLEU its output as it is against DATASET's own files."
         },
     )
     max_length: int | None = field(
@@ -392,10 +392,10 @@ def evaluate_splits(
     decoding = {k: getattr(model.generation_config, k, None) for k in paper_fields} | generate_kwargs
 
     references = {split: data_args.references(corpus, split) for split in splits}  # errors before translating
+    tokenised_output = data_args.raw_references is not None
     results = {}
     for split in splits:
         output = translate(model, tokenizer, list(corpus[split][src]), batch_size, **generate_kwargs)
-        tokenised_output = data_args.raw_references is not None
         hypotheses = moses_detokenize(output, tgt) if tokenised_output else output
         (output_dir / f"hypotheses.{split}.{tgt}.txt").write_text("".join(f"{h}\n" for h in hypotheses))
         scores = sacrebleu_scores(hypotheses, references[split])
