@@ -119,6 +119,16 @@ def _unpacked(hidden_states: torch.Tensor, tokens: PackedTokens | None) -> torch
     return hidden_states if tokens is None else tokens.unpack(hidden_states)
 
 
+def _group_queries(query: torch.Tensor, sources: int) -> torch.Tensor:
+    """(B*k, H, T, D) -> (B, H, k*T, D): the k decoder rows of each source sentence become one row of queries."""
+    return query.unflatten(0, (sources, -1)).transpose(1, 2).flatten(2, 3)
+
+
+def _ungroup_weights(weights: torch.Tensor, rows_per_source: int) -> torch.Tensor:
+    """(B, H, k*T, S) -> (B*k, H, T, S), the inverse of `_group_queries` for attention weights."""
+    return weights.unflatten(2, (rows_per_source, -1)).transpose(1, 2).flatten(0, 1)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -183,13 +193,21 @@ class VanillaTransformerAttention(nn.Module):
             source = key_value_states if is_cross_attention else hidden_states
             key = _unpacked(self.k_proj(source), source_tokens)
             value = _unpacked(self.v_proj(source), source_tokens)
-            kv_shape = (batch, key.shape[1], -1, self.head_dim)
+            kv_shape = (*key.shape[:2], -1, self.head_dim)
             key = key.view(kv_shape).transpose(1, 2)  # (B, H, S, D)
             value = value.view(kv_shape).transpose(1, 2)  # (B, H, S, D)
             if layer_cache is not None:
                 key, value = layer_cache.update(key, value, self.layer_idx)
                 if is_cross_attention:
                     cache.is_updated[self.layer_idx] = True
+
+        # In generation each source sentence has k decoder rows (beams, returned sequences) but one copy of its
+        # keys and values (see `_expand_inputs_for_generation`): its rows' queries attend to it together.
+        rows_per_source = batch // key.shape[0]
+        if rows_per_source > 1:
+            query = _group_queries(query, key.shape[0])  # (B, H, k*T, D)
+            if attention_mask is not None:
+                attention_mask = attention_mask[:, :, :1]  # a padding mask: the same row for every query
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -203,7 +221,9 @@ class VanillaTransformerAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             scaling=self.scaling,
         )
-        output = output.reshape(batch, length, -1)  # (B, T, C)
+        if rows_per_source > 1 and weights is not None:
+            weights = _ungroup_weights(weights, rows_per_source)
+        output = output.reshape(batch, length, -1)  # (B, T, C); from (B, k*T, H, D) too, the same memory order
         if tokens is not None:
             output = tokens.pack(output)  # (N, C)
         return self.out_proj(output), weights
@@ -506,6 +526,27 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
         )
 
 
+# The attention kernels whose masks broadcast over grouped queries (see `VanillaTransformerAttention.forward`).
+GROUPED_CROSS_ATTENTION = ("eager", "sdpa")
+
+
+def _check_rows_per_source(config: VanillaTransformerConfig, rows: int, sources: int) -> None:
+    """The decoder may have k rows per source sentence (beams), in order: sentence 0's k rows first."""
+    if rows == sources:
+        return
+    if rows % sources:
+        raise ValueError(
+            f"decoder_input_ids has {rows} rows for {sources} source sentences: expected the same number, or k rows "
+            "per source sentence (a multiple)."
+        )
+    if config._attn_implementation not in GROUPED_CROSS_ATTENTION:
+        raise ValueError(
+            f"decoder_input_ids has {rows} rows for {sources} source sentences: with attn_implementation "
+            f"{config._attn_implementation!r} they must be equal (k rows per source need one of "
+            f"{GROUPED_CROSS_ATTENTION}); repeat the encoder's output and mask for each row."
+        )
+
+
 class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
     """The encoder-decoder of §3 (Figure 1) without the final linear + softmax."""
 
@@ -564,6 +605,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
         if decoder_input_ids is None:
             raise ValueError("Pass `decoder_input_ids`, or `labels` to the ForConditionalGeneration model.")
+        _check_rows_per_source(self.config, len(decoder_input_ids), len(encoder_outputs.last_hidden_state))
 
         decoder_outputs = self.decoder(
             decoder_input_ids,
@@ -772,11 +814,21 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         sequences.masked_fill_(after_eos, self.config.pad_token_id)
         return output
 
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """transformers' expansion to `expand_size` decoder rows per sentence (beams, returned sequences), without
+        copying the source: its cross-attention keys and values are then projected, kept and read once per
+        sentence instead of once per row (`VanillaTransformerAttention` groups each sentence's rows)."""
+        if self.config._attn_implementation not in GROUPED_CROSS_ATTENTION:
+            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        source = {key: model_kwargs.pop(key) for key in ("encoder_outputs", "attention_mask") if key in model_kwargs}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
+        return input_ids, {**model_kwargs, **source}
+
     def _reorder_cache(self, cache: EncoderDecoderCache, beam_idx: torch.Tensor) -> EncoderDecoderCache:
         """Beam search's per-step reordering, of the self-attention cache only.
 
-        transformers reorders the cross-attention keys/values too; they are identical for every beam of one
-        sentence and a beam never moves to another sentence, so that copy changes nothing and is skipped.
+        transformers reorders the cross-attention keys/values too, but a beam never moves to another sentence and
+        they are the same for all its beams (held once per sentence, see `_expand_inputs_for_generation`).
         """
         cache.self_attention_cache.reorder_cache(beam_idx)
         return cache

@@ -1,11 +1,12 @@
 """generate(): caching, batching, sampling, and the paper's decoding (§6.1)."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
 from conftest import make_tiny_model
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 
 from hf_vanilla_transformer.modeling_vanilla_transformer import PAPER_DECODING, gnmt_length_penalty
 
@@ -78,6 +79,78 @@ def test_beam_reordering_moves_the_self_attention_cache_and_leaves_the_source_ke
         assert torch.equal(layer.keys, keys[beam_idx])
     for layer, (keys, values) in zip(cache.cross_attention_cache.layers, cross_before, strict=True):
         assert layer.keys is keys and layer.values is values
+
+
+def test_beam_search_projects_each_source_once_not_once_per_beam(lively_model, batch):
+    rows = []
+    hook = lively_model.model.decoder.layers[0].encoder_attn.k_proj.register_forward_hook(
+        lambda module, args, output: rows.append(args[0].shape[0])
+    )
+    lively_model.generate(**sources(batch), num_beams=3, max_new_tokens=6)
+    hook.remove()
+    assert rows == [2]  # two source sentences, three beams each
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_k_decoder_rows_per_source_equal_a_copy_of_the_source_per_row(batch, attn_implementation):
+    model = make_tiny_model(init_std=0.5, attn_implementation=attn_implementation)
+    encoder_outputs = model.get_encoder()(batch["input_ids"], batch["attention_mask"])
+    decoder_input_ids = torch.tensor([[1, 20, 21], [1, 22, 23], [1, 24, 25], [1, 26, 27], [1, 28, 29], [1, 30, 31]])
+    output_attentions = attn_implementation == "eager"
+    grouped = model(
+        attention_mask=batch["attention_mask"],
+        encoder_outputs=encoder_outputs,
+        decoder_input_ids=decoder_input_ids,
+        output_attentions=output_attentions,
+    )
+    copied = model(
+        attention_mask=batch["attention_mask"].repeat_interleave(3, dim=0),
+        encoder_outputs=(encoder_outputs.last_hidden_state.repeat_interleave(3, dim=0),),
+        decoder_input_ids=decoder_input_ids,
+        output_attentions=output_attentions,
+    )
+    torch.testing.assert_close(grouped.logits, copied.logits, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(grouped.logits[0], grouped.logits[3])  # rows of different sources differ
+    if output_attentions:
+        for ours, theirs in zip(grouped.cross_attentions, copied.cross_attentions, strict=True):
+            assert ours.shape == (6, 4, 3, 6)
+            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+            assert (ours[3:, :, :, 4:] == 0).all()  # the second source's padding, in each of its rows
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_beams": 3, "num_return_sequences": 2},
+        {"num_beams": 1, "do_sample": True, "num_return_sequences": 3},
+    ],
+)
+def test_generation_equals_transformers_copy_of_the_source_for_each_row(lively_model, batch, kwargs):
+    def generate():
+        torch.manual_seed(0)
+        return lively_model.generate(
+            **sources(batch), max_new_tokens=8, output_scores=True, return_dict_in_generate=True, **kwargs
+        )
+
+    ours = generate()
+    lively_model._expand_inputs_for_generation = partial(GenerationMixin._expand_inputs_for_generation, lively_model)
+    theirs = generate()
+    assert torch.equal(ours.sequences, theirs.sequences)
+    for mine, other in zip(ours.scores, theirs.scores, strict=True):
+        torch.testing.assert_close(mine, other, atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_rows_not_a_multiple_of_the_sources_is_a_clear_error(lively_model, batch):
+    with pytest.raises(ValueError, match="decoder_input_ids has 3 rows for 2 source sentences: expected the same"):
+        lively_model(**sources(batch), decoder_input_ids=torch.ones(3, 2, dtype=torch.long))
+    encoder_outputs = lively_model.get_encoder()(batch["input_ids"], batch["attention_mask"])
+    lively_model.config._attn_implementation = "flex_attention"  # its block masks do not broadcast
+    with pytest.raises(ValueError, match="with attn_implementation 'flex_attention' they must be equal"):
+        lively_model(
+            attention_mask=batch["attention_mask"],
+            encoder_outputs=encoder_outputs,
+            decoder_input_ids=torch.ones(4, 2, dtype=torch.long),
+        )
 
 
 @pytest.mark.parametrize("kwargs", [{"num_beams": 1}, {}, {"num_beams": 3, "length_penalty_form": "hf"}])
