@@ -384,6 +384,7 @@ def evaluate_splits(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    splits = list(dict.fromkeys(splits))  # a split named twice (train.py adds the validation split) is scored once
     src, tgt = data_args.source_lang, data_args.target_lang
     corpus = data_args.load(splits, data_args.max_eval_samples)
     tok_dir = data_args.tok_reference_dir()

@@ -5,6 +5,7 @@ import gzip
 import importlib.util
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -250,20 +251,22 @@ def test_average_checkpoints_script(run, tmp_path):
         script("average_checkpoints").main([str(run), "--last", "9"])
 
 
-def test_evaluate_script_writes_hypotheses_and_scores(corpus, run, tmp_path):
+def test_evaluate_script_writes_hypotheses_and_scores(corpus, run, tmp_path, caplog):
     model_dir = run / "averaged"
     argv = flags(
         {
             "model_name_or_path": str(model_dir),
             "dataset": str(corpus),
-            "eval_splits": ["test_2016_flickr"],
+            "eval_splits": ["test_2016_flickr", "test_2016_flickr"],  # named twice: translated once
             "max_eval_samples": 6,
             "num_beams": 1,
             "batch_size": 4,
             "output_dir": str(tmp_path),
         }
     )
-    results = script("evaluate_bleu").main(argv)
+    with caplog.at_level(logging.INFO, logger="hf_vanilla_transformer.cli"):
+        results = script("evaluate_bleu").main(argv)
+    assert sum(r.getMessage().startswith("test_2016_flickr (6 sentences)") for r in caplog.records) == 1
 
     model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     sources = list(load_parallel_corpus(corpus, "en", "de", splits=["test_2016_flickr"])["test_2016_flickr"]["en"])
