@@ -11,6 +11,10 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
+# Not a Hub id: the Hub's copies of Multi30k (e.g. bentrevett/multi30k) lack French and Czech and name their splits
+# train/validation/test. The card names the source, github.com/multi30k/dataset, in its text.
+DATASET_ID = "multi30k"
+
 LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "cs": "Czech"}
 
 # Published figures to compare with (tokenised BLEU on Multi30k test_2016_flickr, text-only models).
@@ -41,7 +45,7 @@ def _eval_results(src: str, tgt: str, results: dict) -> list[EvalResult]:
             EvalResult(
                 task_type="translation",
                 task_name=f"Translation {src}-{tgt}",
-                dataset_type="bentrevett/multi30k",
+                dataset_type=DATASET_ID,
                 dataset_name="Multi30k",
                 dataset_split=split,
                 metric_type=metric_type,
@@ -61,7 +65,7 @@ def render_model_card(config: dict, results: dict, name: str) -> str:
         license="cc-by-nc-4.0",
         library_name="transformers",
         pipeline_tag="translation",
-        datasets=["bentrevett/multi30k"],
+        datasets=[DATASET_ID],
         metrics=["bleu", "chrf"],
         tags=["translation", "vanilla-transformer", "attention-is-all-you-need"],
         model_name=name,
@@ -127,7 +131,8 @@ Checkpoints and settings were chosen on `val` only.
 
 ## Data and licence
 
-Multi30k (Elliott et al., 2016; 2017; Barrault et al., 2018) is derived from Flickr30K captions and provided
+Multi30k (Elliott et al., 2016; 2017; Barrault et al., 2018; task 1 of github.com/multi30k/dataset, splits `train`,
+`val`, `test_2016_flickr`, `test_2017_flickr`) is derived from Flickr30K captions and provided
 for non-commercial research and education; these weights carry the same restriction (CC BY-NC 4.0).
 """
 

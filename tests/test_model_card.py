@@ -31,7 +31,7 @@ def model_dir(tmp_path):
 def test_card_metadata_holds_the_measured_scores(model_dir):
     card = ModelCard.load(write_model_card(model_dir, RESULTS, name="tiny-en-de"))
     assert card.data.language == ["en", "de"] and card.data.pipeline_tag == "translation"
-    assert card.data.license == "cc-by-nc-4.0" and card.data.datasets == ["bentrevett/multi30k"]
+    assert card.data.license == "cc-by-nc-4.0" and card.data.datasets == ["multi30k"]
     scores = {(r.dataset_split, r.metric_name): r.metric_value for r in card.data.eval_results}
     assert scores == {
         ("val", "sacreBLEU"): 38.12,
@@ -44,6 +44,7 @@ def test_card_metadata_holds_the_measured_scores(model_dir):
     assert "`python scripts/train.py --preset tiny`" in card.text and "2 CPU cores" in card.text
     assert "4+4 layers, d_model 128, d_ff 256, 4 heads, dropout 0.3, vocabulary 8000" in card.text
     assert "41.02" in card.text  # the published En-De figure to compare with
+    assert "github.com/multi30k/dataset" in card.text  # where the data came from, not being a Hub id
 
 
 def test_a_failed_write_keeps_the_previous_card(model_dir, monkeypatch):
