@@ -325,8 +325,9 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     Note: the paper does not give its initialisation. We follow fairseq's Transformer (the Annotated
     Transformer also uses Xavier): Xavier-uniform projections with zero biases, and embeddings drawn from
     N(0, d_model^-0.5) so that after the sqrt(d_model) scale (§3.4) they have unit variance, the scale of the
-    sinusoids. Setting `config.init_std` gives transformers' N(0, init_std) for every weight matrix instead
-    (convergence of the two on Multi30k is not yet compared).
+    sinusoids. Unlike fairseq, the query, key and value projections keep Xavier's gain of 1 (fairseq uses
+    1/sqrt(2) there). Setting `config.init_std` gives transformers' N(0, init_std) for every weight matrix
+    instead. Neither alternative has been compared with ours on Multi30k.
     """
 
     config_class = VanillaTransformerConfig
