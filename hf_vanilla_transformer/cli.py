@@ -346,9 +346,13 @@ def training_summary(
     runtime_s: float,
     updates: int,
     target_tokens_per_update: float,
+    resumed_from_update: int = 0,
 ) -> dict:
     """The "training" entry of results.json, for the model card: command, hardware, minutes, updates, real target
-    tokens per second (all processes), languages."""
+    tokens per second (all processes), languages.
+
+    A resumed run's `runtime_s` covers this process only: minutes and tokens/s are of the updates after
+    `resumed_from_update`, which the entry records, while `updates` is the run's total."""
     processes = training_args.world_size
     # `accelerate launch` sets ACCELERATE_MIXED_PRECISION in every process it starts, one process included.
     launched = processes > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
@@ -360,9 +364,11 @@ def training_summary(
         "hardware": f"{processes} x {name}",
         "minutes": round(runtime_s / 60, 1),
         "updates": updates,
-        "target_tokens_per_s": round(target_tokens_per_update * updates / runtime_s) if runtime_s > 0 else None,
+        "target_tokens_per_s": (
+            round(target_tokens_per_update * (updates - resumed_from_update) / runtime_s) if runtime_s > 0 else None
+        ),
         "languages": [data_args.source_lang, data_args.target_lang],
-    }
+    } | ({"resumed_from_update": resumed_from_update} if resumed_from_update else {})
 
 
 def evaluate_splits(

@@ -86,6 +86,11 @@ def render_model_card(config: dict, results: dict, name: str) -> str:
         f"vocabulary {config['vocab_size']}"
     )
     published = PUBLISHED.get((src, tgt), "no directly comparable published figure")
+    resumed = (
+        f" (the last run of the command only: it resumed the training at update {training['resumed_from_update']})"
+        if "resumed_from_update" in training
+        else ""
+    )
     return f"""---
 {metadata.to_yaml()}
 ---
@@ -123,7 +128,7 @@ Checkpoints and settings were chosen on `val` only.
 - Command: `{training.get("command", "not recorded")}`
 - Hardware: {training.get("hardware", "not recorded")}
 - Wall time: {training.get("minutes", "not recorded")} minutes, {training.get("updates", "?")} updates, \
-{training.get("target_tokens_per_s", "?")} target tokens/s
+{training.get("target_tokens_per_s", "?")} target tokens/s{resumed}
 
 ## Departures from the paper
 

@@ -10,6 +10,7 @@ the last checkpoint in output_dir) -> final model in output_dir -> optional aver
 sacreBLEU/chrF (and tokenised BLEU) of the validation and eval splits in results.json beside the scored model.
 """
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -72,8 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and output_dir.is_dir():
         checkpoint = last_complete_checkpoint(output_dir)
+    resumed_from_update = 0
     if checkpoint is not None:
         logger.info("Resuming from %s", checkpoint)
+        state = Path(checkpoint) / "trainer_state.json"  # if missing, the Trainer names the bad checkpoint
+        resumed_from_update = json.loads(state.read_text())["global_step"] if state.is_file() else 0
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_result.metrics["train_runtime"],
         trainer.state.global_step,
         trainer.tokens_per_update["tgt"],
+        resumed_from_update,
     )
     update_results(model_dir, {"training": summary | {"averaged_checkpoints": averaged}})
     splits = [data_args.validation_split, *data_args.eval_splits]

@@ -60,3 +60,10 @@ def test_a_failed_write_keeps_the_previous_card(model_dir, monkeypatch):
     assert (model_dir / "README.md").read_text() == before
     assert not list(model_dir.glob("*.tmp"))
     assert json.loads((model_dir / "config.json").read_text())["d_model"] == 128
+
+
+def test_a_resumed_runs_card_says_its_time_is_the_last_runs(model_dir):
+    training = RESULTS["training"] | {"updates": 400, "resumed_from_update": 300}
+    card = ModelCard.load(write_model_card(model_dir, RESULTS | {"training": training}))
+    assert "(the last run of the command only: it resumed the training at update 300)" in card.text
+    assert "the last run of the command only" not in ModelCard.load(write_model_card(model_dir, RESULTS)).text

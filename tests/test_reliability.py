@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +28,13 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
-from hf_vanilla_transformer.cli import DataArguments, last_complete_checkpoint, load_model_and_tokenizer, translate
+from hf_vanilla_transformer.cli import (
+    DataArguments,
+    last_complete_checkpoint,
+    load_model_and_tokenizer,
+    training_summary,
+    translate,
+)
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -446,11 +453,16 @@ def test_training_killed_at_a_random_step_resumes_to_bit_identical_weights(train
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (output_dir / "model.safetensors").exists()  # killed before the end of training
+    resumed_from = int(last_complete_checkpoint(output_dir).name.removeprefix("checkpoint-"))
 
     train(train_corpus, output_dir)
     assert_same_weights(uninterrupted, output_dir)
     assert losses(output_dir) == losses(uninterrupted)
     assert [step for step, _, _ in losses(output_dir)] == [5, 10, 15, 20, 25, 30]
+    # the model card's training entry: all 30 updates, the speed of those after the resume
+    summary = json.loads((output_dir / "results.json").read_text())["training"]
+    assert summary["updates"] == 30 and summary["resumed_from_update"] == resumed_from
+    assert "resumed_from_update" not in json.loads((uninterrupted / "results.json").read_text())["training"]
 
 
 @pytest.mark.slow
@@ -468,3 +480,13 @@ def test_resume_skips_a_checkpoint_cut_off_while_saving(train_corpus, uninterrup
 
     train(train_corpus, output_dir)
     assert_same_weights(uninterrupted, output_dir)
+
+
+def test_a_resumed_runs_summary_counts_speed_over_its_own_updates_only():
+    """A resumed process trained updates 300-400 in its runtime: tokens/s divides their tokens, not all 400's."""
+    args = SimpleNamespace(world_size=1, device=torch.device("cpu"))
+    fresh = training_summary(["c.json"], args, DataArguments(), 50.0, 100, 1000.0)
+    resumed = training_summary(["c.json"], args, DataArguments(), 50.0, 400, 1000.0, resumed_from_update=300)
+    assert fresh["target_tokens_per_s"] == resumed["target_tokens_per_s"] == 2000  # 100 x 1000 tokens / 50 s
+    assert resumed["updates"] == 400 and resumed["resumed_from_update"] == 300
+    assert "resumed_from_update" not in fresh
