@@ -10,13 +10,12 @@ the last checkpoint in output_dir) -> final model in output_dir -> optional aver
 sacreBLEU/chrF (and tokenised BLEU) of the validation and eval splits in results.json beside the scored model.
 """
 
-import json
 import logging
 import sys
 from pathlib import Path
 
 import transformers
-from transformers import AutoModelForSeq2SeqLM, set_seed
+from transformers import AutoModelForSeq2SeqLM, TrainerState, set_seed
 
 from hf_vanilla_transformer.averaging import average_checkpoints, last_checkpoints
 from hf_vanilla_transformer.cli import (
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     if checkpoint is not None:
         logger.info("Resuming from %s", checkpoint)
         state = Path(checkpoint) / "trainer_state.json"  # if missing, the Trainer names the bad checkpoint
-        resumed_from_update = json.loads(state.read_text())["global_step"] if state.is_file() else 0
+        resumed_from_update = TrainerState.load_from_json(str(state)).global_step if state.is_file() else 0
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
