@@ -4,11 +4,13 @@
 #      machine has no network;
 #   2. tests/test_cuda.py on the GPU (CPU and CUDA agree, bf16 follows fp32);
 #   3. base training alone at the paper's batch of about 25000 target tokens (§5.1): tokens/s and MFU, eager
-#      (ours and both peers), then ours under torch.compile (in the time the training runs leave);
+#      (ours and both peers), and where our step's time goes (benchmarks/profile_training.py: time to queue a
+#      step against its wall time, operators by device time);
 #   4. the Multi30k recipe with bf16 through `accelerate launch`: the tiny preset, the runs of GRID (default:
 #      four En-De, two De-En, two En-Fr) side by side on the one GPU for TRAIN_MINUTES each, then averaging,
 #      beam-4 evaluation and the choice of the best run per pair on val (scripts/compare_runs.py);
-#   5. in the time left, the side-by-side benchmark (ours, MarianMTModel, torch.nn.Transformer) in bf16.
+#   5. in the time left: step 3's base training of ours under torch.compile (150 s at most), then the
+#      side-by-side benchmark (ours, MarianMTModel, torch.nn.Transformer) in bf16.
 # What comes back (8 files at most): checks.txt (with every table printed), base_25k.json,
 # base_25k_compiled.json, multi30k.md, runs.tar.gz (logs and results.json of every run), best_en_de.tar.gz (the
 # selected En-De model), gpu_benchmark.{json,md}.
@@ -31,6 +33,7 @@ TRAIN_MINUTES=${TRAIN_MINUTES:-5}
 # and lr_scale 1.4, scored best on val (2026-11-27 grid, README). The default grid doubles the batch again.
 GRID=${GRID:-en-de:1.4:0.1:8192 en-de:1.4:0.1:16384 en-de:2:0.1:16384 en-de:1.4:0.15:16384 \
 de-en:1.4:0.1:8192 de-en:1.4:0.1:16384 en-fr:1.4:0.1:8192 en-fr:1.4:0.1:16384}
+SAVE_STEPS=${SAVE_STEPS:-150}  # a checkpoint every SAVE_STEPS updates; the last 10 are averaged
 PRECISION=${PRECISION:-bf16}   # `accelerate launch --mixed_precision` and train.py's --bf16/--fp16 (no: fp32)
 EXTRA=${EXTRA:-}               # more train.py flags (the local smoke test adds --max_train_samples ...)
 DEADLINE=${DEADLINE:-575}      # seconds after the start by which all must be done (the call's limit: 600)
@@ -64,13 +67,9 @@ stamp "base training at the paper's 25000-token batches"
 base_25k=(python3 benchmarks/benchmark.py --device cuda --bf16 --presets base --token_budget 25000
     --length_corpus "$DATA" en de --train_reps 20 --skip_inference)
 timeout 60 "${base_25k[@]}" --output_json "$OUT/base_25k.json" >>"$CHECKS" 2>&1
-# torch.compile gets what the training runs leave of the deadline, 150 s at most (compiling takes most of it)
-left=$((DEADLINE - (SECONDS - START) - TRAIN_MINUTES * 60 - 60))  # the runs took 58 s beyond it
-[ "$left" -gt 150 ] && left=150
-stamp "the same, ours under torch.compile, $left s at most"
-# reduce-overhead: CUDA graphs, for a step bound by kernel launches (2026-11-27: 7.6% MFU eager)
-[ "$left" -gt 30 ] && timeout "$left" "${base_25k[@]}" --train_models ours --compile reduce-overhead --skip_memory \
-    --output_json "$OUT/base_25k_compiled.json" >>"$CHECKS" 2>&1
+stamp "where the base step's time goes (torch.profiler)"
+timeout 60 python3 benchmarks/profile_training.py --device cuda --bf16 --preset base --token_budget 25000 \
+    --length_corpus "$DATA" en de >>"$CHECKS" 2>&1
 
 stamp "Multi30k: runs side by side, $TRAIN_MINUTES minutes of training each"
 RUNS=runs/gpu
@@ -86,7 +85,7 @@ for run in $GRID; do
         --dynamo_backend no scripts/train.py --preset tiny --dataset "$DATA" \
         --source_lang "${pair%-*}" --target_lang "${pair#*-}" --output_dir "$RUNS/$name" \
         --max_tokens "$max_tokens" --warmup_steps 2000 --lr_scale "$scale" --num_train_epochs 500 \
-        --max_train_minutes "$TRAIN_MINUTES" --save_strategy steps --save_steps 150 --save_total_limit 10 \
+        --max_train_minutes "$TRAIN_MINUTES" --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 10 \
         --average_last 10 --eval_strategy no --logging_steps 200 --per_device_eval_batch_size 250 \
         ${dropout:+--dropout $dropout} $precision_flag --seed 1 --disable_tqdm true --report_to none $EXTRA \
         >"$RUNS/$name.log" 2>&1 &
@@ -101,6 +100,14 @@ tar -czf "$OUT/runs.tar.gz" "$RUNS"/*.log "$RUNS"/best.json "$RUNS"/*/averaged/r
 best=$(python3 -c "import json; print(json.load(open('$RUNS/best.json')).get('en-de', ''))" 2>/dev/null)
 [ -n "$best" ] && tar -czf "$OUT/best_en_de.tar.gz" -C "$(dirname "$best")" \
     "$(basename "$best")/averaged" "$(basename "$best").log"
+
+# torch.compile gets what the training runs leave of the deadline, 150 s at most (compiling takes most of it)
+left=$((DEADLINE - (SECONDS - START) - 10))
+[ "$left" -gt 150 ] && left=150
+stamp "base training, ours under torch.compile, $left s at most"
+# reduce-overhead: CUDA graphs, for a step bound by kernel launches (2026-11-27: 7.6% MFU eager)
+[ "$left" -gt 30 ] && timeout "$left" "${base_25k[@]}" --train_models ours --compile reduce-overhead --skip_memory \
+    --output_json "$OUT/base_25k_compiled.json" >>"$CHECKS" 2>&1
 
 left=$((DEADLINE - (SECONDS - START)))
 stamp "benchmark with $left s left"

@@ -1,0 +1,105 @@
+"""Where a training step's time goes: the CPU queueing work (Python, dispatch, kernel launches) or the device.
+
+    python benchmarks/profile_training.py --preset base --token_budget 25000 --device cuda --bf16 \
+        --length_corpus ../shared/data/multi30k en de --output_md profile.md
+
+The step is benchmark.py's (forward + backward + Adam step), on batches cut as our trainer cuts them. Two timings
+tell a launch-bound step from a device-bound one: the time `train_step` takes to return (the CPU has queued the
+step's kernels; on a GPU nothing waits for them) and the step's wall time up to the device's last kernel. When the
+two are equal the device waits for the CPU, and only fewer launches (fusion, CUDA graphs) make the step faster.
+torch.profiler then lists the operators by the time they take themselves on the device (on a CPU: the CPU).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark  # noqa: E402
+
+
+def timings_ms(model, optimizer, batches: list, settings: benchmark.Settings, reps: int) -> dict[str, float]:
+    """Medians over `reps` steps of the time to queue a step and of its wall time, in milliseconds."""
+    queued, wall = [], []
+    for rep in range(reps):
+        benchmark.synchronize(settings.device)
+        start = time.perf_counter()
+        benchmark.train_step(model, optimizer, batches[rep % len(batches)], settings)
+        queued.append(time.perf_counter() - start)
+        benchmark.synchronize(settings.device)
+        wall.append(time.perf_counter() - start)
+    return {"queued_ms": 1000 * statistics.median(queued), "wall_ms": 1000 * statistics.median(wall)}
+
+
+def operator_table(model, optimizer, batches: list, settings: benchmark.Settings, steps: int, rows: int) -> str:
+    """torch.profiler's operators over `steps` steps, by their own device time (CPU time on a CPU), and totals."""
+    on_gpu = settings.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as profiler:
+        for step in range(steps):
+            benchmark.train_step(model, optimizer, batches[step % len(batches)], settings)
+        benchmark.synchronize(settings.device)
+    events = profiler.key_averages()
+    own = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    busy_ms = sum(getattr(event, own) for event in events) / 1000 / steps
+    launches = sum(event.count for event in events if "LaunchKernel" in event.key) / steps
+    summary = f"Per step: {busy_ms:.1f} ms of {'device' if on_gpu else 'CPU'} operator time"
+    summary += f", {launches:.0f} kernel launches." if on_gpu else "."
+    return summary + "\n\n```\n" + events.table(sort_by=own, row_limit=rows) + "\n```\n"
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="base", help="size (a preset, or NAME:D_MODEL:LAYERS:HEADS:FFN)")
+    parser.add_argument("--model", choices=benchmark.MODELS, default="ours")
+    parser.add_argument("--vocab_size", type=int, default=10000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--token_budget", type=int, default=25000, help="target tokens per batch (§5.1: 25000)")
+    parser.add_argument("--length_corpus", nargs=3, metavar=("CORPUS", "SOURCE_LANG", "TARGET_LANG"), default=None)
+    parser.add_argument("--reps", type=int, default=20, help="timed steps")
+    parser.add_argument("--profiled_steps", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=30, help="operators listed")
+    parser.add_argument("--output_md", type=Path, default=None)
+    args = parser.parse_args(argv)
+    for name in ("reps", "profiled_steps", "rows", "token_budget"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}.")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device.")
+    size, config = benchmark.parse_size(args.preset, args.vocab_size)
+    settings = benchmark.Settings(sizes={size: config}, device=args.device, bf16=args.bf16)
+    generator = torch.Generator().manual_seed(settings.seed + 2)
+    if args.length_corpus:
+        batches = benchmark.corpus_length_batches(
+            tuple(args.length_corpus), settings.train_batches, args.token_budget, args.vocab_size, generator
+        )
+    else:
+        batches = benchmark.token_budget_batches(settings.train_batches, args.token_budget, args.vocab_size, generator)
+    batches = [batch.to(args.device) for batch in batches]
+    model = benchmark.build_model(args.model, config).to(args.device).train()
+    optimizer = benchmark.adam(model)
+    for batch in batches:  # every batch shape once: allocator growth and kernel choices
+        benchmark.train_step(model, optimizer, batch, settings)
+    times = timings_ms(model, optimizer, batches, settings, args.reps)
+    report = (
+        f"# One training step of {args.model} ({size}) on {args.device}"
+        f"{', bf16 autocast' if args.bf16 else ''}, {args.token_budget} target tokens per batch\n\n"
+        f"Medians of {args.reps} steps: {times['queued_ms']:.1f} ms to queue a step, {times['wall_ms']:.1f} ms "
+        "until its last kernel has run.\n\n"
+        + operator_table(model, optimizer, batches, settings, args.profiled_steps, args.rows)
+    )
+    if args.output_md:
+        args.output_md.write_text(report)
+    print(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
