@@ -15,6 +15,7 @@ from hf_vanilla_transformer.modeling_vanilla_transformer import sinusoids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchmark  # noqa: E402
+import profile_training  # noqa: E402
 
 MICRO = "micro:16:1:2:32"
 
@@ -232,6 +233,27 @@ def test_train_models_measures_those_models_only(tmp_path):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--train_models", "fairseq"])
     assert benchmark.parse_args(["--compile", "reduce-overhead"])[0].compile == "reduce-overhead"
+
+
+def test_profile_reports_queue_and_wall_times_and_the_operators_of_a_step(tmp_path):
+    md_path = tmp_path / "profile.md"
+    args = ["--preset", MICRO, "--vocab_size", "64", "--token_budget", "200", "--reps", "3", "--profiled_steps", "1"]
+    report = profile_training.main([*args, "--rows", "5", "--output_md", str(md_path)])
+    assert md_path.read_text() == report
+    assert report.startswith("# One training step of ours (micro) on cpu, 200 target tokens per batch")
+    assert "Per step: " in report and "ms of CPU operator time." in report
+    assert "kernel launches" not in report  # a CPU step launches no kernels
+    operators = report.split("```")[1]
+    assert "aten::mm" in operators or "aten::addmm" in operators  # the projections are in the step
+    # each step's wall time includes the time to queue it, so the medians keep that order
+    size, config = benchmark.parse_size(MICRO, 64)
+    settings = benchmark.Settings(sizes={size: config})
+    batches = benchmark.token_budget_batches(2, 200, 64, torch.Generator().manual_seed(0))
+    model = benchmark.build_model("ours", config)
+    times = profile_training.timings_ms(model, benchmark.adam(model), batches, settings, reps=3)
+    assert 0 < times["queued_ms"] <= times["wall_ms"]
+    with pytest.raises(ValueError, match="--reps must be a positive integer, got 0"):
+        profile_training.main([*args[:-4], "--reps", "0"])
 
 
 def test_skip_training_measures_inference_only(tmp_path):
