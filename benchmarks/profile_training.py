@@ -2,15 +2,19 @@
 
     python benchmarks/profile_training.py --preset base --token_budget 25000 --device cuda --bf16 \
         --length_corpus ../shared/data/multi30k en de --output_md profile.md
+    python benchmarks/profile_training.py ... --sdpa_backend math     # the same step with one attention kernel
 
 The step is benchmark.py's (forward + backward + Adam step), on batches cut as our trainer cuts them. Two timings
 tell a launch-bound step from a device-bound one: the time `train_step` takes to return (the CPU has queued the
 step's kernels; on a GPU nothing waits for them) and the step's wall time up to the device's last kernel. When the
 two are equal the device waits for the CPU, and only fewer launches (fusion, CUDA graphs) make the step faster.
 torch.profiler then lists the operators by the time they take themselves on the device (on a CPU: the CPU).
+`--sdpa_backend` makes every attention use one of torch's scaled-dot-product kernels, for comparing them: on an
+H200 cuDNN's, chosen by default, took 30% of the base step at Multi30k's sentence lengths (benchmarks/RESULTS.md).
 """
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -19,14 +23,22 @@ from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark  # noqa: E402
 
+SDPA_BACKENDS = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+
 
 def timings_ms(model, optimizer, batches: list, settings: benchmark.Settings, reps: int) -> dict[str, float]:
-    """Medians over `reps` steps of the time to queue a step and of its wall time, in milliseconds."""
+    """Medians over `reps` steps of the time to queue a step and of its wall time, and the total wall time (ms)."""
     queued, wall = [], []
     for rep in range(reps):
         benchmark.synchronize(settings.device)
@@ -35,7 +47,11 @@ def timings_ms(model, optimizer, batches: list, settings: benchmark.Settings, re
         queued.append(time.perf_counter() - start)
         benchmark.synchronize(settings.device)
         wall.append(time.perf_counter() - start)
-    return {"queued_ms": 1000 * statistics.median(queued), "wall_ms": 1000 * statistics.median(wall)}
+    return {
+        "queued_ms": 1000 * statistics.median(queued),
+        "wall_ms": 1000 * statistics.median(wall),
+        "total_ms": 1000 * sum(wall),
+    }
 
 
 def operator_table(model, optimizer, batches: list, settings: benchmark.Settings, steps: int, rows: int) -> str:
@@ -70,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--reps", type=int, default=20, help="timed steps")
     parser.add_argument("--profiled_steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=30, help="operators listed")
+    parser.add_argument(
+        "--sdpa_backend", choices=SDPA_BACKENDS, default=None, help="attention kernel (default: torch's choice)"
+    )
     parser.add_argument("--output_md", type=Path, default=None)
     args = parser.parse_args(argv)
     for name in ("reps", "profiled_steps", "rows", "token_budget"):
@@ -89,15 +108,25 @@ def main(argv: Sequence[str] | None = None) -> str:
     batches = [batch.to(args.device) for batch in batches]
     model = benchmark.build_model(args.model, config).to(args.device).train()
     optimizer = benchmark.adam(model)
-    for batch in batches:  # every batch shape once: allocator growth and kernel choices
-        benchmark.train_step(model, optimizer, batch, settings)
-    times = timings_ms(model, optimizer, batches, settings, args.reps)
+    backend = sdpa_kernel(SDPA_BACKENDS[args.sdpa_backend]) if args.sdpa_backend else contextlib.nullcontext()
+    with backend:
+        for batch in batches:  # every batch shape once: allocator growth and kernel choices
+            benchmark.train_step(model, optimizer, batch, settings)
+        times = timings_ms(model, optimizer, batches, settings, args.reps)
+        table = operator_table(model, optimizer, batches, settings, args.profiled_steps, args.rows)
+    # the model's FLOPs in the timed steps (benchmark.training_flops: real tokens only) over their wall time
+    flops = [benchmark.training_flops(config, b.attention_mask, b.labels) for b in batches]
+    tflops = sum(flops[rep % len(batches)] for rep in range(args.reps)) / times["total_ms"] / 1e9
+    peak = benchmark.peak_tflops(settings)
     report = (
         f"# One training step of {args.model} ({size}) on {args.device}"
-        f"{', bf16 autocast' if args.bf16 else ''}, {args.token_budget} target tokens per batch\n\n"
+        f"{', bf16 autocast' if args.bf16 else ''}, {args.token_budget} target tokens per batch, "
+        f"attention: {args.sdpa_backend or 'torch’s choice'}\n\n"
         f"Medians of {args.reps} steps: {times['queued_ms']:.1f} ms to queue a step, {times['wall_ms']:.1f} ms "
-        "until its last kernel has run.\n\n"
-        + operator_table(model, optimizer, batches, settings, args.profiled_steps, args.rows)
+        f"until its last kernel has run; {tflops:.1f} TFLOP/s over all"
+        + (f", MFU {100 * tflops / peak:.1f}%" if peak else "")
+        + ".\n\n"
+        + table
     )
     if args.output_md:
         args.output_md.write_text(report)

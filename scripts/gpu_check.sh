@@ -5,7 +5,7 @@
 #   2. tests/test_cuda.py on the GPU (CPU and CUDA agree, bf16 follows fp32);
 #   3. base training alone at the paper's batch of about 25000 target tokens (§5.1): tokens/s and MFU, eager
 #      (ours and both peers), and where our step's time goes (benchmarks/profile_training.py: time to queue a
-#      step against its wall time, operators by device time);
+#      step against its wall time, operators by device time), with torch's attention kernel and with two others;
 #   4. the Multi30k recipe with bf16 through `accelerate launch`: the tiny preset, the runs of GRID (default:
 #      En-De, De-En and En-Fr with En-De's best recipe) side by side on the one GPU for TRAIN_MINUTES each, then averaging,
 #      beam-4 evaluation and the choice of the best run per pair on val (scripts/compare_runs.py);
@@ -68,8 +68,14 @@ base_25k=(python3 benchmarks/benchmark.py --device cuda --bf16 --presets base --
     --length_corpus "$DATA" en de --train_reps 20 --skip_inference)
 timeout 60 "${base_25k[@]}" --output_json "$OUT/base_25k.json" >>"$CHECKS" 2>&1
 stamp "where the base step's time goes (torch.profiler)"
-timeout 60 python3 benchmarks/profile_training.py --device cuda --bf16 --preset base --token_budget 25000 \
-    --length_corpus "$DATA" en de >>"$CHECKS" 2>&1
+profile=(python3 benchmarks/profile_training.py --device cuda --bf16 --preset base --token_budget 25000
+    --length_corpus "$DATA" en de)
+timeout 60 "${profile[@]}" >>"$CHECKS" 2>&1
+# torch's choice, cuDNN's attention, took 30% of the step at these short sentences (2026-11-27): the others
+for backend in math efficient; do
+    stamp "the same step with SDPA backend $backend"
+    timeout 45 "${profile[@]}" --sdpa_backend "$backend" --rows 12 >>"$CHECKS" 2>&1
+done
 
 stamp "Multi30k: runs side by side, $TRAIN_MINUTES minutes of training each"
 RUNS=runs/gpu

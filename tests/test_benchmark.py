@@ -241,6 +241,7 @@ def test_profile_reports_queue_and_wall_times_and_the_operators_of_a_step(tmp_pa
     report = profile_training.main([*args, "--rows", "5", "--output_md", str(md_path)])
     assert md_path.read_text() == report
     assert report.startswith("# One training step of ours (micro) on cpu, 200 target tokens per batch")
+    assert "TFLOP/s over all." in report and "MFU" not in report  # no peak to divide by on a CPU
     assert "Per step: " in report and "ms of CPU operator time." in report
     assert "kernel launches" not in report  # a CPU step launches no kernels
     operators = report.split("```")[1]
@@ -254,6 +255,17 @@ def test_profile_reports_queue_and_wall_times_and_the_operators_of_a_step(tmp_pa
     assert 0 < times["queued_ms"] <= times["wall_ms"]
     with pytest.raises(ValueError, match="--reps must be a positive integer, got 0"):
         profile_training.main([*args[:-4], "--reps", "0"])
+
+
+def test_profile_with_one_sdpa_backend_runs_that_kernel_alone():
+    args = ["--preset", MICRO, "--vocab_size", "64", "--token_budget", "200", "--reps", "1", "--profiled_steps", "1"]
+    chosen = profile_training.main([*args, "--rows", "200"])
+    assert "attention: torch’s choice" in chosen and "_scaled_dot_product_flash_attention_for_cpu" in chosen
+    math = profile_training.main([*args, "--rows", "200", "--sdpa_backend", "math"])
+    assert "attention: math" in math
+    assert "_scaled_dot_product_attention_math" in math and "flash_attention" not in math
+    with pytest.raises(SystemExit):
+        profile_training.main([*args, "--sdpa_backend", "xformers"])
 
 
 def test_skip_training_measures_inference_only(tmp_path):
