@@ -6,9 +6,10 @@
 
 The step is benchmark.py's (forward + backward + Adam step), on batches cut as our trainer cuts them. Two timings
 tell a launch-bound step from a device-bound one: the time `train_step` takes to return (the CPU has queued the
-step's kernels; on a GPU nothing waits for them) and the step's wall time up to the device's last kernel. When the
-two are equal the device waits for the CPU, and only fewer launches (fusion, CUDA graphs) make the step faster.
-torch.profiler then lists the operators by the time they take themselves on the device (on a CPU: the CPU).
+step's kernels) and the step's wall time up to the device's last kernel. When the two are equal the device waits
+for the CPU, unless the step itself waits for the device (a `.item()`, indexing by a boolean mask): then the
+device time per step of torch.profiler tells, which also lists the operators by the time they take themselves on
+the device (on a CPU: the CPU).
 `--sdpa_backend` makes every attention use one of torch's scaled-dot-product kernels, for comparing them: on an
 H200 cuDNN's, chosen by default, took 30% of the base step at Multi30k's sentence lengths (benchmarks/RESULTS.md).
 """

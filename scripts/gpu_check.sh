@@ -7,8 +7,8 @@
 #      (ours and both peers), and where our step's time goes (benchmarks/profile_training.py: time to queue a
 #      step against its wall time, operators by device time), with torch's attention kernel and with two others;
 #   4. the Multi30k recipe with bf16 through `accelerate launch`: the tiny preset, the runs of GRID (default:
-#      En-De, De-En and En-Fr with En-De's best recipe) side by side on the one GPU for TRAIN_MINUTES each, then averaging,
-#      beam-4 evaluation and the choice of the best run per pair on val (scripts/compare_runs.py);
+#      En-De, De-En and En-Fr with En-De's best recipe) side by side on the one GPU for TRAIN_MINUTES each, then
+#      averaging, beam-4 evaluation and the choice of the best run per pair on val (scripts/compare_runs.py);
 #   5. in the time left: step 3's base training of ours under torch.compile (200 s at most), then the
 #      side-by-side benchmark (ours, MarianMTModel, torch.nn.Transformer) in bf16.
 # What comes back (8 files at most): checks.txt (with every table printed), base_25k.json,
