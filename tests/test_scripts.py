@@ -474,3 +474,18 @@ def test_scripts_name_a_missing_or_incomplete_model_folder(run, tmp_path):
     (incomplete / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="is not a complete model folder: it has no model.safetensors"):
         script("evaluate_bleu").main(["--model_name_or_path", str(incomplete), "--eval_splits", "val"])
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "scripts" / "configs").glob("*.json")), ids=lambda path: path.name)
+def test_every_committed_config_is_a_valid_train_argument_file(config):
+    """A misspelt key would otherwise stop a documented command only after its data and tokenizer were loaded."""
+    from hf_vanilla_transformer.cli import DataArguments, ModelArguments, parse_args
+    from hf_vanilla_transformer.trainer import VanillaSeq2SeqTrainingArguments
+
+    model_args, data_args, training_args = parse_args(
+        (ModelArguments, DataArguments, VanillaSeq2SeqTrainingArguments), [str(config)]
+    )
+    raw = json.loads(config.read_text())
+    parsed = {**vars(model_args), **vars(data_args), **training_args.to_dict()}
+    for key, value in raw.items():
+        assert parsed[key] == value, key
