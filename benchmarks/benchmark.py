@@ -201,6 +201,17 @@ def corpus_length_batches(
     ]
 
 
+def training_batches(settings: Settings, vocab_size: int) -> list[TrainBatch]:
+    """The seeded training batches of a run, on its device: a corpus's lengths if given, else random ones."""
+    generator = torch.Generator().manual_seed(settings.seed + 2)
+    count, budget = settings.train_batches, settings.token_budget
+    if settings.length_corpus:
+        batches = corpus_length_batches(settings.length_corpus, count, budget, vocab_size, generator)
+    else:
+        batches = token_budget_batches(count, budget, vocab_size, generator)
+    return [batch.to(settings.device) for batch in batches]
+
+
 def benchmark_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """One token per id, the id itself as its name, for the CTranslate2 converters (they read a vocabulary).
 
@@ -840,14 +851,7 @@ def padding_ratios(batches: list[TrainBatch]) -> dict[str, float]:
 def benchmark_training(size: str, models: dict[str, nn.Module], settings: Settings, report: Report) -> None:
     """Tokens/s (round-robin) with the models given, then each model's memory footprint from a fresh copy."""
     config = models["ours"].config
-    generator = torch.Generator().manual_seed(settings.seed + 2)
-    if settings.length_corpus:
-        batches = corpus_length_batches(
-            settings.length_corpus, settings.train_batches, settings.token_budget, config.vocab_size, generator
-        )
-    else:
-        batches = token_budget_batches(settings.train_batches, settings.token_budget, config.vocab_size, generator)
-    batches = [batch.to(settings.device) for batch in batches]
+    batches = training_batches(settings, config.vocab_size)
     report.padding[size] = padding_ratios(batches)
     logger.info("%s: training%s", size, " (compiling first)" if settings.compile else "")
     trained = {name: models[name].to(settings.device) for name in settings.train_models}

@@ -98,15 +98,14 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch sees no CUDA device.")
     size, config = benchmark.parse_size(args.preset, args.vocab_size)
-    settings = benchmark.Settings(sizes={size: config}, device=args.device, bf16=args.bf16)
-    generator = torch.Generator().manual_seed(settings.seed + 2)
-    if args.length_corpus:
-        batches = benchmark.corpus_length_batches(
-            tuple(args.length_corpus), settings.train_batches, args.token_budget, args.vocab_size, generator
-        )
-    else:
-        batches = benchmark.token_budget_batches(settings.train_batches, args.token_budget, args.vocab_size, generator)
-    batches = [batch.to(args.device) for batch in batches]
+    settings = benchmark.Settings(
+        sizes={size: config},
+        device=args.device,
+        bf16=args.bf16,
+        token_budget=args.token_budget,
+        length_corpus=tuple(args.length_corpus) if args.length_corpus else None,
+    )
+    batches = benchmark.training_batches(settings, args.vocab_size)
     model = benchmark.build_model(args.model, config).to(args.device).train()
     optimizer = benchmark.adam(model)
     backend = sdpa_kernel(SDPA_BACKENDS[args.sdpa_backend]) if args.sdpa_backend else contextlib.nullcontext()
