@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny model (in the spirit of Marian's tester config) so every test runs on CPU in seconds."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -24,6 +25,11 @@ MULTI30K = Path(os.environ.get("MULTI30K_DIR", Path(__file__).resolve().parents[
 needs_multi30k = pytest.mark.skipif(
     not MULTI30K.is_dir(), reason=f"Multi30k not found at {MULTI30K} (set MULTI30K_DIR)"
 )
+
+
+def gz_lines(path: Path) -> list[str]:
+    return gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")[:-1]
+
 
 TINY = {
     "vocab_size": 99,

@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 from accelerate.data_loader import BatchSamplerShard, prepare_data_loader, skip_first_batches
+from conftest import MULTI30K, gz_lines, needs_multi30k
 from torch.utils.data import DataLoader
 
 from hf_vanilla_transformer.batching import (
@@ -46,8 +47,8 @@ def test_every_index_exactly_once_per_epoch():
 
 
 def test_hand_computed_batches():
-    # Sorted by (src, tgt): 2 (2, 6), 0 (3, 1), 4 (4, 1), then 1 and 3 (5, 1) in random order.
-    # [2] stops because 2 * 6 > 10 on the target side; [0, 4] because 3 * 5 > 10; [1, 3] fills 2 * 5 == 10.
+    # Sorted by (longer side, total): 0 (3, 1), 4 (4, 1), then 1 and 3 (5, 1) in random order, 2 (2, 6).
+    # [0, 4] stops because 3 * 5 > 10; [1, 3] fills 2 * 5 == 10 and stops because 3 * 5 > 10 on the source side.
     src, tgt = [3, 5, 2, 5, 4], [1, 1, 6, 1, 1]
     for epoch in range(4):
         batches = batch_by_tokens(src, tgt, 10, seed=0, epoch=epoch)
@@ -57,7 +58,19 @@ def test_hand_computed_batches():
 def test_batches_group_similar_lengths():
     src, tgt = multi30k_like_lengths(2000)
     for batch in batch_by_tokens(src, tgt, 400, seed=0, epoch=0):
-        assert max(src[i] for i in batch) - min(src[i] for i in batch) <= 1
+        longer = [max(src[i], tgt[i]) for i in batch]
+        assert max(longer) - min(longer) <= 1
+
+
+@needs_multi30k
+def test_large_budgets_keep_both_sides_short_of_padding():
+    # Multi30k En-De word counts (+1 for </s>) in batches of the paper's 25000 tokens, ~1,500 sentences each:
+    # sorted by source length first, a batch spans nearly all target lengths of its source length, and the
+    # targets were 47% padding (source 5%); sorted by the longer side, 15% and 8%.
+    en, de = ([len(line.split()) + 1 for line in gz_lines(MULTI30K / f"train.{lang}.gz")] for lang in ("en", "de"))
+    stats = padding_stats(batch_by_tokens(en, de, 25000, seed=0, epoch=0), en, de)
+    assert stats["src_padding_ratio"] < 1.1
+    assert stats["tgt_padding_ratio"] < 1.2
 
 
 def test_deterministic_for_seed_and_epoch():

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import MULTI30K, needs_multi30k
+from conftest import MULTI30K, gz_lines, needs_multi30k
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -11,10 +11,6 @@ from hf_vanilla_transformer.data import load_parallel_corpus, tokenize_corpus
 
 EN = ["A dog runs.", "Two men talk.", "A girl in a red coat."]
 DE = ["Ein Hund rennt.", "Zwei Männer reden.", "Ein Mädchen in einem roten Mantel."]
-
-
-def gz_lines(path: Path) -> list[str]:
-    return gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")[:-1]
 
 
 def write(path: Path, text: str | bytes) -> Path:

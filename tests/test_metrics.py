@@ -1,13 +1,11 @@
-import gzip
 import math
 import socket
-from pathlib import Path
 
 import evaluate
 import numpy as np
 import pytest
 import sacrebleu
-from conftest import MULTI30K, needs_multi30k
+from conftest import MULTI30K, gz_lines, needs_multi30k
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import EvalPrediction, PreTrainedTokenizerFast
 
@@ -24,10 +22,6 @@ from hf_vanilla_transformer.metrics import (
 
 HYPS = ["The cat sat on the mat", "a b c d e f"]
 REFS = ["The cat sat on the mat.", "a b c d x f"]
-
-
-def gz_lines(path: Path) -> list[str]:
-    return gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")[:-1]
 
 
 # --- sacreBLEU / chrF ----------------------------------------------------------------------------------------
