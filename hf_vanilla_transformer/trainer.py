@@ -236,11 +236,12 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             "tgt": stats["tgt_tokens_per_batch"] * micro_batches,
         }
         logger.info(
-            "Token-budget batches (§5.1): %d per epoch of at most %d tokens per side; one update = %d processes x "
-            "%d accumulation steps = ~%.0f source + ~%.0f target tokens (paper: ~%d + ~%d); padding adds %.1f%% "
-            "(source), %.1f%% (target).",
+            "Token-budget batches (§5.1): %d per epoch of at most %d tokens per side, sorted by the %s side; one "
+            "update = %d processes x %d accumulation steps = ~%.0f source + ~%.0f target tokens (paper: ~%d + ~%d); "
+            "padding adds %.1f%% (source), %.1f%% (target).",
             stats["num_batches"],
             self.args.max_tokens,
+            sampler.sort,
             self.args.world_size,
             self.args.gradient_accumulation_steps,
             self.tokens_per_update["src"],
