@@ -122,7 +122,7 @@ if [ -z "$RUNS_ONLY" ]; then
     [ "$left" -gt 200 ] && left=200
     stamp "base training, ours under torch.compile, $left s at most"
     # default mode: it compiled and ran in 3 minutes (10.3% MFU against 9.4% eager, 2026-11-27); reduce-overhead's CUDA
-    # graphs did not finish in 132 s, and the profile shows a GPU busy for 93% of the eager step, little for them to win
+    # graphs did not finish in 132 s (the eager step leaves the GPU idle 9-13 ms of 53-55: RESULTS.md, third run)
     [ "$left" -gt 30 ] && timeout "$left" "${base_25k[@]}" --train_models ours --compile default --skip_memory \
         --output_json "$OUT/base_25k_compiled.json" >>"$CHECKS" 2>&1
 
