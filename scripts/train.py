@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.world_size,
         trainer.state.global_step,
     )
+    # Every process leaves the process group before any exits: a process ending with its gloo group alive can abort
+    # (SIGABRT) while the interpreter shuts down (pytorch/pytorch#179291), failing the launch after a good run.
+    trainer.accelerator.end_training()
     if not trainer.is_world_process_zero():
         return {}
 

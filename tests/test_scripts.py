@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import accelerate
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -428,6 +429,28 @@ def test_train_rejects_bad_arguments(corpus, tokenizer_dir, tmp_path):
         script("train").main(flags({**options, "dataset": str(tmp_path / "missing")}))
     with pytest.raises(FileNotFoundError, match="argument file .*nope.json not found"):
         script("train").main([str(tmp_path / "nope.json")])
+
+
+def test_train_leaves_the_process_group_after_saving_and_before_scoring(corpus, tokenizer_dir, tmp_path, monkeypatch):
+    output_dir = tmp_path / "ended"
+    seen = []
+    # what was on disk when the run ended its distributed state: the saved model, and no scores yet
+    monkeypatch.setattr(
+        accelerate.Accelerator,
+        "end_training",
+        lambda self: seen.append(sorted(path.name for path in output_dir.iterdir())),
+    )
+    options = train_options(
+        corpus,
+        output_dir,
+        tokenizer_name_or_path=str(tokenizer_dir),
+        max_steps=2,
+        save_strategy="no",
+        max_eval_samples=2,
+    )
+    script("train").main(flags(options))
+    assert len(seen) == 1 and "model.safetensors" in seen[0] and "results.json" not in seen[0]
+    assert "val" in json.loads((output_dir / "results.json").read_text())
 
 
 def test_accelerate_launch_trains_on_two_processes(corpus, tmp_path):
