@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny model (in the spirit of Marian's tester config) so every test runs on CPU in seconds."""
 
 import gzip
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +20,17 @@ from hf_vanilla_transformer import (  # noqa: E402
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
 )
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    """Imports scripts/NAME.py (not a package) so that its main(argv) runs in this process."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # The shared Multi30k copy beside the checkout (MULTI30K_DIR overrides); tests that read it skip without it.
 MULTI30K = Path(os.environ.get("MULTI30K_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"))

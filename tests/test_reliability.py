@@ -6,7 +6,6 @@ The error messages asserted here are the ones the README's "Errors you may meet"
 
 import ast
 import gzip
-import importlib.util
 import io
 import json
 import os
@@ -22,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import MULTI30K, make_tiny_model
+from conftest import MULTI30K, REPO, make_tiny_model, script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -37,7 +36,6 @@ from hf_vanilla_transformer.cli import (
 )
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 SENTENCES = [
     "A man runs on the street.",
     "Ein Mann rennt auf der Straße.",
@@ -54,13 +52,6 @@ UNUSUAL = [
     "日本語のテキスト and 한국어",
 ]
 OFFSET = 6  # max_length_offset of the tests: outputs of random models run to the limit, so keep it short
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,7 +2,6 @@
 `accelerate launch` with two processes), averaging, evaluation, translation and the Hub folder."""
 
 import gzip
-import importlib.util
 import io
 import json
 import logging
@@ -18,6 +17,7 @@ from pathlib import Path
 import accelerate
 import pytest
 import torch
+from conftest import REPO, gz_lines, script
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -32,7 +32,6 @@ from hf_vanilla_transformer.metrics import (
 )
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 EN_DE = {
     "a": "ein",
     "man": "Mann",
@@ -61,14 +60,6 @@ TINY_MODEL = {
     "decoder_attention_heads": 2,
     "dropout": 0.0,
 }
-
-
-def script(name: str):
-    """Imports scripts/NAME.py (not a package) so that its main(argv) runs in this process."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def flags(options: dict) -> list[str]:
@@ -153,10 +144,6 @@ def run(corpus, tokenizer_dir, tmp_path_factory) -> Path:
 
 def read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
-
-
-def read_lines_gz(path: Path) -> list[str]:
-    return gzip.decompress(path.read_bytes()).decode().split("\n")[:-1]
 
 
 def generate_one_by_one(model, tokenizer, lines: list[str], **kwargs) -> list[str]:
@@ -306,7 +293,7 @@ def test_evaluate_script_scores_a_model_of_tokenised_text_as_the_literature_does
     misaligned = tmp_path / "misaligned"
     misaligned.mkdir()
     for lang in ("en", "de"):
-        lines = read_lines_gz(corpus / f"test_2016_flickr.{lang}.gz")[:-1]
+        lines = gz_lines(corpus / f"test_2016_flickr.{lang}.gz")[:-1]
         (misaligned / f"test_2016_flickr.{lang}").write_text("".join(f"{line}\n" for line in lines))
     for folder, error, message in (
         (misaligned, ValueError, "has 11 pairs in split 'test_2016_flickr' but dataset .* has 12"),

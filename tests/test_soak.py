@@ -6,16 +6,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import MULTI30K
+from conftest import MULTI30K, REPO
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 SOURCE = MULTI30K / "train.en.gz"
 SENTENCES = 2000
 BATCH_SIZE = 64
