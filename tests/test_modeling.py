@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from conftest import TINY, make_tiny_model
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.modeling_vanilla_transformer import PackedTokens, shift_tokens_right
@@ -69,7 +70,8 @@ def loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tens
     ],
 )
 def test_training_skips_padding_with_the_same_loss_and_gradients(batch, labels):
-    """Training mode packs the real tokens of both stacks and the labelled logits; eval mode computes everything."""
+    """Training mode packs the real tokens of both stacks and the labelled logits, and projects Q, K, V jointly;
+    eval mode computes everything, each projection alone."""
     batch = {**batch, "labels": labels}
     model = make_tiny_model(dropout=0.0)
     full, full_grads = loss_and_gradients(model, batch)
@@ -81,6 +83,31 @@ def test_training_skips_padding_with_the_same_loss_and_gradients(batch, labels):
     torch.testing.assert_close(packed.loss, full.loss)
     for name, grad in full_grads.items():
         torch.testing.assert_close(packed_grads[name], grad, msg=name)
+
+
+def matrix_products(model, batch) -> dict[str, int]:
+    """The matrix-product operators a forward pass runs, by name (a Linear with bias is one addmm)."""
+    counts = {}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ("addmm", "mm", "bmm"):
+                counts[func.overloadpacket.__name__] = counts.get(func.overloadpacket.__name__, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        model(**batch)
+    return counts
+
+
+def test_training_projects_the_queries_keys_and_values_of_an_input_as_one_product(batch):
+    model = make_tiny_model(attn_implementation="sdpa")
+    layers = TINY["encoder_layers"]  # as many decoder layers
+    # per encoder layer: Q, K, V, output, 2 FFN; per decoder layer: 4 self-attention, 4 cross-attention, 2 FFN
+    assert matrix_products(model, batch) == {"addmm": 6 * layers + 10 * layers, "mm": 1}  # mm: the logits
+    model.train()
+    # one product for Q, K, V of self-attention and one for K, V of the source
+    assert matrix_products(model, batch) == {"addmm": 4 * layers + 7 * layers, "mm": 1}
 
 
 def test_packed_tokens_round_trip_and_zero_padding():
