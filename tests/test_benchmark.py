@@ -16,6 +16,7 @@ from hf_vanilla_transformer.modeling_vanilla_transformer import sinusoids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchmark  # noqa: E402
+import count_operators  # noqa: E402
 import profile_training  # noqa: E402
 
 MICRO = "micro:16:1:2:32"
@@ -310,3 +311,18 @@ def test_cpu_training_footprints_hold_the_logits_and_agree_across_codebases():
     assert footprints["marian"] > 2 * padded_logits_mib and footprints["torch_nn"] > 2 * padded_logits_mib
     assert footprints["ours"] < min(footprints["marian"], footprints["torch_nn"])
     assert max(footprints["marian"], footprints["torch_nn"]) < 1.3 * min(footprints["marian"], footprints["torch_nn"])
+
+
+def test_operator_counter_counts_every_launching_operator_and_no_view():
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    assert count_operators.operator_counts(lambda: (a @ b).relu().t().unsqueeze(0)) == {"mm": 1, "relu": 1}
+
+
+def test_a_training_step_of_ours_projects_as_torch_nn_does_and_runs_fewer_operators_than_marian():
+    size, config = benchmark.parse_size(MICRO, 50)
+    counts = count_operators.step_counts(config, benchmark.Settings(sizes={size: config}), sentences=4)
+    products = {name: count["mm"] + count["addmm"] for name, count in counts.items()}
+    # torch.nn.Transformer packs Q, K, V (and the source's K, V) into one product each, as we do in training
+    assert products["ours"] == products["torch_nn"] < products["marian"]
+    assert sum(counts["ours"].values()) < sum(counts["marian"].values())
+    assert counts["ours"]["_fused_adam_"] == counts["marian"]["_fused_adam_"] == 1
