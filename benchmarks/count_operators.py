@@ -43,10 +43,10 @@ class OperatorCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def operator_counts(function: Callable, *args) -> Counter:
-    """The operators `function(*args)` dispatches, by name."""
+def operator_counts(function: Callable, *args, **kwargs) -> Counter:
+    """The operators `function(*args, **kwargs)` dispatches, by name."""
     with OperatorCounter() as counter:
-        function(*args)
+        function(*args, **kwargs)
     return counter.counts
 
 

@@ -1,14 +1,18 @@
 """The architecture of §3, checked against its equations on a tiny model."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY, make_tiny_model
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.modeling_vanilla_transformer import PackedTokens, shift_tokens_right
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import count_operators  # noqa: E402
 
 
 def test_labels_shift_right_with_decoder_start(tiny_model, batch):
@@ -87,17 +91,8 @@ def test_training_skips_padding_with_the_same_loss_and_gradients(batch, labels):
 
 def matrix_products(model, batch) -> dict[str, int]:
     """The matrix-product operators a forward pass runs, by name (a Linear with bias is one addmm)."""
-    counts = {}
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ in ("addmm", "mm", "bmm"):
-                counts[func.overloadpacket.__name__] = counts.get(func.overloadpacket.__name__, 0) + 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        model(**batch)
-    return counts
+    counts = count_operators.operator_counts(model, **batch)
+    return {name: counts[name] for name in ("addmm", "mm", "bmm") if counts[name]}
 
 
 def test_training_projects_the_queries_keys_and_values_of_an_input_as_one_product(batch):
