@@ -19,6 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import hf_vanilla_transformer.modeling_vanilla_transformer as modeling
+from hf_vanilla_transformer import VanillaTransformerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark  # noqa: E402
@@ -50,7 +51,9 @@ def operator_counts(function: Callable, *args, **kwargs) -> Counter:
     return counter.counts
 
 
-def step_counts(config, settings: benchmark.Settings, sentences: int = 16, seed: int = 0) -> dict[str, Counter]:
+def step_counts(
+    config: VanillaTransformerConfig, settings: benchmark.Settings, sentences: int = 16, seed: int = 0
+) -> dict[str, Counter]:
     """The operators of one training step of each model of benchmark.py on the same batch."""
     generator = torch.Generator().manual_seed(seed)
     lengths = torch.randint(10, 20, (2, sentences), generator=generator).tolist()
@@ -72,7 +75,7 @@ def report(counts: dict[str, Counter], rows: int) -> str:
     names = list(counts)
     lines = ["| operator | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     lines.append("| all | " + " | ".join(f"{sum(counts[n].values()):,}" for n in names) + " |")
-    for operator, _ in (counts[names[0]] + counts[names[-1]]).most_common(rows):
+    for operator, _ in sum(counts.values(), Counter()).most_common(rows):
         lines.append(f"| `{operator}` | " + " | ".join(str(counts[n][operator]) for n in names) + " |")
     return "\n".join(lines)
 
@@ -84,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--bf16", action="store_true", help="under bf16 autocast, as the GPU runs train")
     parser.add_argument("--rows", type=int, default=12, help="operators listed, the most frequent first")
     args = parser.parse_args(argv)
+    if args.rows < 1:
+        raise ValueError(f"--rows must be a positive integer, got {args.rows}.")
     size, config = benchmark.parse_size(args.preset, args.vocab_size)
     counts = step_counts(config, benchmark.Settings(sizes={size: config}, bf16=args.bf16))
     table = report(counts, args.rows)

@@ -326,3 +326,11 @@ def test_a_training_step_of_ours_projects_as_torch_nn_does_and_runs_fewer_operat
     assert products["ours"] == products["torch_nn"] < products["marian"]
     assert sum(counts["ours"].values()) < sum(counts["marian"].values())
     assert counts["ours"]["_fused_adam_"] == counts["marian"]["_fused_adam_"] == 1
+
+
+def test_operator_count_report_lists_the_most_frequent_and_refuses_no_rows():
+    table = count_operators.main(["--preset", MICRO, "--vocab_size", "50", "--rows", "2"]).splitlines()
+    assert table[0] == "| operator | ours | marian | torch_nn |" and table[2].startswith("| all | ")
+    assert len(table) == 5  # header, rule, all, the 2 most frequent operators
+    with pytest.raises(ValueError, match="--rows must be a positive integer, got 0"):
+        count_operators.main(["--preset", MICRO, "--rows", "0"])
