@@ -74,7 +74,7 @@ DECODINGS = {
         "do_sample": False,
         "length_penalty": 0.6,
         "length_penalty_form": "gnmt",
-        "early_stopping": True,
+        "early_stopping": "never",  # §6.1's "terminate early when possible" (no effect at a forced output length)
     },
 }
 

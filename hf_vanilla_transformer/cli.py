@@ -159,6 +159,9 @@ def _existing_dir(path: str, name: str) -> Path:
     return Path(path)
 
 
+EARLY_STOPPING = {"never": "never", "true": True, "false": False}  # command-line value -> generate()'s
+
+
 @dataclass
 class GenerationArguments:
     """Decoding for evaluate.py and translate.py; unset fields keep the model's generation config (§6.1)."""
@@ -172,12 +175,27 @@ class GenerationArguments:
         default=None, metadata={"help": "Maximum output length = source length + this (the paper: 50)."}
     )
     max_new_tokens: int | None = field(default=None, metadata={"help": "A fixed maximum output length instead."})
+    early_stopping: str | None = field(
+        default=None,
+        metadata={
+            "help": "When a beam search stops: 'never' (the paper: once no running hypothesis can win), 'true' "
+            "(once num_beams hypotheses have finished) or 'false' (transformers' heuristic).",
+            "choices": list(EARLY_STOPPING),
+        },
+    )
     batch_size: int = field(default=64, metadata={"help": "Sentences per generate() call."})
     device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
 
+    def __post_init__(self):
+        if self.early_stopping is not None and self.early_stopping not in EARLY_STOPPING:
+            raise ValueError(f"early_stopping must be one of {list(EARLY_STOPPING)}, got {self.early_stopping!r}")
+
     def generate_kwargs(self) -> dict:
         skip = {"batch_size", "device"}
-        return {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
+        kwargs = {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
+        if self.early_stopping is not None:
+            kwargs["early_stopping"] = EARLY_STOPPING[self.early_stopping]
+        return kwargs
 
     def torch_device(self) -> torch.device:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -395,7 +413,7 @@ def evaluate_splits(
     corpus = data_args.load(splits, data_args.max_eval_samples)
     tok_dir = data_args.tok_reference_dir()
     tok_corpus = load_parallel_corpus(tok_dir, src, tgt) if tok_dir is not None else {}
-    paper_fields = ("num_beams", "length_penalty", "length_penalty_form", "max_length_offset")
+    paper_fields = ("num_beams", "length_penalty", "length_penalty_form", "max_length_offset", "early_stopping")
     decoding = {k: getattr(model.generation_config, k, None) for k in paper_fields} | generate_kwargs
 
     references = {split: data_args.references(corpus, split) for split in splits}  # errors before translating

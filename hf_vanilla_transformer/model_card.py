@@ -28,7 +28,8 @@ DEPARTURES = """\
   sqrt(d_model) and shared three ways). The output projection has no bias (it is the tied embedding).
 - Initialisation (not given in the paper): Xavier-uniform projections, embeddings N(0, d_model^-0.5).
 - Decoding: beam 4, GNMT length penalty ((5+|Y|)/6)^0.6 (transformers' own `length_penalty` divides by |Y|^alpha,
-  which is not the paper's), maximum output length = source length + 50, early stopping.
+  which is not the paper's), maximum output length = source length + 50, and a sentence's search ends once no
+  running hypothesis can still win (§6.1's "terminate early when possible": transformers' `early_stopping="never"`).
 - Data: Multi30k (29k sentence pairs) instead of WMT 2014; one joint byte-level BPE vocabulary."""
 
 

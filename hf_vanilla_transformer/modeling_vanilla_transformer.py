@@ -655,12 +655,16 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 # §6.1: "beam search with a beam size of 4 and length penalty alpha = 0.6 [...] maximum output length during
 # inference to input length + 50, but terminate early when possible". `length_penalty_form` and
 # `max_length_offset` are our generation-config fields; "hf" gives stock transformers scoring.
+# "Terminate early when possible" is transformers' early_stopping="never": a sentence stops once no running
+# hypothesis, even at the longest length it may reach, can beat the finished ones (tensor2tensor's rule compares with
+# the best finished one, transformers' with the worst it keeps). early_stopping=True stops as soon as `num_beams`
+# hypotheses have finished, and may miss a better, longer one still running (tested).
 PAPER_DECODING = {
     "num_beams": 4,
     "length_penalty": 0.6,
     "length_penalty_form": "gnmt",
     "max_length_offset": 50,
-    "early_stopping": True,
+    "early_stopping": "never",
 }
 
 

@@ -240,6 +240,51 @@ def test_gnmt_and_transformers_length_penalties_rank_as_their_formulas_predict(t
     assert out.sequences_scores[0].item() == pytest.approx(max(scores), rel=1e-5)
 
 
+class ScriptedEarlyFinishes(LogitsProcessor):
+    """Two unlikely hypotheses finish while a likelier, longer one is still running (the model is ignored).
+
+    First token: 8 (0.5), 5 (0.3), 6 (0.2); then [5] -> </s> (0.9) or 9 (0.1), [5, 9] -> </s>, and 8 is followed by
+    eight 7s and </s>. With two beams, [5, </s>] and [5, 9, </s>] have finished by step 3, long before
+    L = [8, 7 x 8, </s>] (log P = log 0.5), the best hypothesis by far.
+    """
+
+    def __call__(self, input_ids, scores):
+        scripted = torch.full_like(scores, -math.inf)
+        for row, prefix in enumerate(input_ids[:, 1:].tolist()):
+            if not prefix:
+                scripted[row, 8], scripted[row, 5], scripted[row, 6] = math.log(0.5), math.log(0.3), math.log(0.2)
+            elif prefix == [5]:
+                scripted[row, EOS], scripted[row, 9] = math.log(0.9), math.log(0.1)
+            elif prefix == [5, 9]:
+                scripted[row, EOS] = 0.0
+            elif prefix[0] == 8:
+                scripted[row, 7 if len(prefix) < 9 else EOS] = 0.0
+            else:  # never finish
+                scripted[row, 9] = 0.0
+        return scripted
+
+
+@pytest.mark.parametrize("early_stopping", [None, True])
+def test_search_terminates_early_only_when_no_running_hypothesis_can_win(tiny_model, early_stopping):
+    """§6.1's "terminate early when possible", the default: not as soon as `num_beams` hypotheses have finished."""
+    alpha = 0.6
+    out = tiny_model.generate(
+        input_ids=torch.tensor([[5, 6, 2]]),
+        num_beams=2,
+        max_new_tokens=12,
+        logits_processor=LogitsProcessorList([ScriptedEarlyFinishes()]),
+        output_scores=True,
+        return_dict_in_generate=True,
+        **({} if early_stopping is None else {"early_stopping": early_stopping}),
+    )
+    long, short = (math.log(0.5), 10), (math.log(0.3 * 0.9), 2)
+    expected = short if early_stopping else long  # early_stopping=True returns the best of what finished first
+    assert strip(out.sequences[0]) == ([1, 8, *[7] * 8, EOS] if expected == long else [1, 5, EOS])
+    log_p, length = expected
+    assert out.sequences_scores[0].item() == pytest.approx(log_p / gnmt_length_penalty(length, alpha), rel=1e-5)
+    assert long[0] / gnmt_length_penalty(10, alpha) > short[0] / gnmt_length_penalty(2, alpha)
+
+
 def test_unknown_length_penalty_form_is_a_clear_error(tiny_model, batch):
     with pytest.raises(ValueError, match="`length_penalty_form` must be 'hf' or 'gnmt', got 'fairseq'"):
         tiny_model.generate(**sources(batch), length_penalty_form="fairseq")

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_vanilla_transformer.batching import batch_by_tokens
+from hf_vanilla_transformer.cli import GenerationArguments
 from hf_vanilla_transformer.data import load_parallel_corpus, tokenize_corpus
 from hf_vanilla_transformer.metrics import (
     moses_detokenize,
@@ -203,6 +204,7 @@ def test_train_saves_checkpoints_model_average_and_scores(corpus, run):
             "length_penalty": 0.6,
             "length_penalty_form": "gnmt",
             "max_length_offset": 50,
+            "early_stopping": "never",
         }
     assert "tok_bleu" not in results["val"]  # no tok/val files
     hypotheses = read_lines(run / "averaged" / "hypotheses.test_2016_flickr.de.txt")
@@ -248,6 +250,7 @@ def test_evaluate_script_writes_hypotheses_and_scores(corpus, run, tmp_path, cap
             "eval_splits": ["test_2016_flickr", "test_2016_flickr"],  # named twice: translated once
             "max_eval_samples": 6,
             "num_beams": 1,
+            "early_stopping": "true",
             "batch_size": 4,
             "output_dir": str(tmp_path),
         }
@@ -263,7 +266,10 @@ def test_evaluate_script_writes_hypotheses_and_scores(corpus, run, tmp_path, cap
     scores = json.loads((tmp_path / "results.json").read_text())["test_2016_flickr"]
     assert scores == results["test_2016_flickr"]
     assert scores["decoding"]["num_beams"] == 1 and scores["sentences"] == 6
+    assert scores["decoding"]["early_stopping"] is True
     assert "tok_bleu" in scores
+    with pytest.raises(ValueError, match=r"early_stopping must be one of \['never', 'true', 'false'\], got 'yes'"):
+        GenerationArguments(early_stopping="yes")
     with pytest.raises(ValueError, match="--output_dir is required"):
         script("evaluate_bleu").main(["--model_name_or_path", "someone/some-model", "--dataset", str(corpus)])
 
