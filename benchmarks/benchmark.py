@@ -264,11 +264,15 @@ def port_to_marian(
     """Copies our weights into `marian`; its position tables stay Marian's unless `our_positions`."""
     missing, unexpected = marian.load_state_dict(marian_state_dict(ours), strict=False)
     position_tables = {"model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
-    not_ported = sorted(set(missing) - position_tables - {"final_logits_bias"})
+    # Marian's attention projections always have biases; ours only with `attention_bias`: Marian's stay zero.
+    zero = {name for name in missing if name.endswith("_proj.bias")}
+    not_ported = sorted(set(missing) - position_tables - zero - {"final_logits_bias"})
     if unexpected or not_ported:
         raise ValueError(f"Marian port: none of our weights for {not_ported}; none of Marian's for {unexpected}")
     with torch.no_grad():
-        marian.final_logits_bias.zero_()
+        marian.final_logits_bias.zero_()  # a buffer
+        for name in zero:
+            marian.get_parameter(name).zero_()
         if our_positions:
             for stack in (marian.model.encoder, marian.model.decoder):
                 table = stack.embed_positions.weight
@@ -358,9 +362,15 @@ def port_to_torch_transformer(
     """Copies our weights into the nn.Transformer peer: Q, K, V stacked into `in_proj`, norm1..3 in layer order."""
 
     def attention(target: nn.MultiheadAttention, source) -> None:
-        target.in_proj_weight.copy_(torch.cat([source.q_proj.weight, source.k_proj.weight, source.v_proj.weight]))
-        target.in_proj_bias.copy_(torch.cat([source.q_proj.bias, source.k_proj.bias, source.v_proj.bias]))
-        target.out_proj.load_state_dict(source.out_proj.state_dict())
+        projections = (source.q_proj, source.k_proj, source.v_proj)
+        target.in_proj_weight.copy_(torch.cat([projection.weight for projection in projections]))
+        target.out_proj.weight.copy_(source.out_proj.weight)
+        if source.out_proj.bias is None:  # nn.MultiheadAttention's projections always have biases: zero
+            target.in_proj_bias.zero_()
+            target.out_proj.bias.zero_()
+        else:
+            target.in_proj_bias.copy_(torch.cat([projection.bias for projection in projections]))
+            target.out_proj.bias.copy_(source.out_proj.bias)
 
     def feed_forward(target, source) -> None:
         target.linear1.load_state_dict(source.ffn.fc1.state_dict())

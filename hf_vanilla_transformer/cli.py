@@ -53,6 +53,9 @@ class ModelArguments:
     position_embedding_type: str | None = field(
         default=None, metadata={"help": "Override: 'sinusoidal' (§3.5) or 'learned' (Table 3 row E)."}
     )
+    attention_bias: bool | None = field(
+        default=None, metadata={"help": "Override: biases on W^Q, W^K, W^V, W^O (fairseq, Marian; not the paper's)."}
+    )
     tokenizer_name_or_path: str | None = field(
         default=None,
         metadata={

@@ -54,9 +54,9 @@ class VanillaTransformerConfig(PreTrainedConfig):
     r"""The post-LN encoder-decoder of §3, defaults = the "base" model of Table 3.
 
     Note: the paper's 65M (base) / 213M (big) parameters are for WMT En-De with a shared vocabulary of about
-    37000 tokens. With exactly 37000 we count 63.1M / 214.2M (see `tests/test_configuration.py`): the paper
+    37000 tokens. With exactly 37000 we count 63.0M / 214.2M (see `tests/test_modeling.py`): the paper
     rounds, does not say its exact vocabulary size, and our output projection has no bias (tied to the
-    embedding, §3.4), while each LayerNorm carries a gain and a bias.
+    embedding, §3.4), nor have the attention projections (§3.2.2), while each LayerNorm carries a gain and a bias.
     """
 
     model_type = "vanilla_transformer"
@@ -78,6 +78,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     attention_dropout: float = 0.0  # not in the paper; tensor2tensor later added it
     activation_dropout: float = 0.0  # not in the paper; inside the FFN, after the ReLU
     activation_function: str = "relu"
+    attention_bias: bool = False  # §3.2.2's W^Q, W^K, W^V, W^O are matrices; True: biases, as fairseq and Marian
     max_position_embeddings: int = 1024  # learned positions only; sinusoids extend to any length
     position_embedding_type: str = "sinusoidal"
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model) (§3.4)
@@ -89,6 +90,12 @@ class VanillaTransformerConfig(PreTrainedConfig):
     bos_token_id: int = 1
     eos_token_id: int = 2
     decoder_start_token_id: int = 1
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "VanillaTransformerConfig":
+        """A config, as saved: one without `attention_bias` was saved before the field existed, when every attention
+        projection had a bias, and its checkpoint holds them."""
+        return super().from_dict({"attention_bias": True, **config_dict}, **kwargs)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

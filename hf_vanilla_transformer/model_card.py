@@ -25,7 +25,8 @@ PUBLISHED = {
 
 DEPARTURES = """\
 - Architecture: exactly §3 of the paper (post-LN, sinusoidal positions, ReLU FFN, embeddings scaled by
-  sqrt(d_model) and shared three ways). The output projection has no bias (it is the tied embedding).
+  sqrt(d_model) and shared three ways, attention projections W^Q, W^K, W^V, W^O without biases). The output
+  projection has no bias (it is the tied embedding).
 - Initialisation (not given in the paper): Xavier-uniform projections, embeddings N(0, d_model^-0.5).
 - Decoding: beam 4, GNMT length penalty ((5+|Y|)/6)^0.6 (transformers' own `length_penalty` divides by |Y|^alpha,
   which is not the paper's), maximum output length = source length + 50, and a sentence's search ends once no

@@ -11,6 +11,7 @@ def test_defaults_are_the_base_model_of_table_3():
     assert (config.encoder_ffn_dim, config.encoder_attention_heads, config.dropout) == (2048, 8, 0.1)
     assert config.activation_function == "relu" and config.position_embedding_type == "sinusoidal"
     assert config.scale_embedding and config.tie_word_embeddings and config.is_encoder_decoder
+    assert not config.attention_bias  # §3.2.2's projections are matrices
 
 
 @pytest.mark.parametrize(
@@ -90,6 +91,15 @@ def test_round_trip_through_json(tmp_path):
 def test_invalid_values_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VanillaTransformerConfig(**kwargs)
+
+
+def test_a_saved_config_without_attention_bias_was_saved_before_the_field_existed(tmp_path):
+    """Every attention projection had a bias then; a config saved now always names the field."""
+    (tmp_path / "config.json").write_text('{"model_type": "vanilla_transformer"}')
+    assert VanillaTransformerConfig.from_pretrained(tmp_path).attention_bias is True
+    VanillaTransformerConfig().save_pretrained(tmp_path)
+    assert VanillaTransformerConfig.from_pretrained(tmp_path).attention_bias is False
+    assert VanillaTransformerConfig.from_pretrained(tmp_path, attention_bias=True).attention_bias is True
 
 
 def test_invalid_values_in_a_saved_config_fail_on_load(tmp_path):

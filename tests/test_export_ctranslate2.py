@@ -43,11 +43,18 @@ def tokenizer():
     return train_bpe_tokenizer(SENTENCES, vocab_size=300)
 
 
-def random_model(tokenizer) -> VanillaTransformerForConditionalGeneration:
+def random_model(tokenizer, attention_bias: bool = False) -> VanillaTransformerForConditionalGeneration:
     """Large random weights: each source gets its own output, but random models rarely emit </s>."""
     torch.manual_seed(0)
-    config = VanillaTransformerConfig(vocab_size=len(tokenizer), init_std=0.4, **ARCHITECTURE)
-    return VanillaTransformerForConditionalGeneration(config).eval()
+    config = VanillaTransformerConfig(
+        vocab_size=len(tokenizer), init_std=0.4, attention_bias=attention_bias, **ARCHITECTURE
+    )
+    model = VanillaTransformerForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_proj.bias"):  # initialised to zero
+                parameter.normal_(std=0.4)
+    return model
 
 
 def copy_model(tokenizer) -> VanillaTransformerForConditionalGeneration:
@@ -72,10 +79,13 @@ def trained_copy_model(tokenizer):
     return copy_model(tokenizer)
 
 
-@pytest.fixture(scope="module", params=["random", "copy"])
+@pytest.fixture(scope="module", params=["random", "random_attention_bias", "copy"])
 def exported(request, tokenizer, tmp_path_factory):
     """(our model, CTranslate2 float32 translator of it), exported through a saved model folder."""
-    model = random_model(tokenizer) if request.param == "random" else request.getfixturevalue("trained_copy_model")
+    if request.param == "copy":
+        model = request.getfixturevalue("trained_copy_model")
+    else:
+        model = random_model(tokenizer, attention_bias=request.param == "random_attention_bias")
     model_dir = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(model_dir / "model")
     tokenizer.save_pretrained(model_dir / "model")

@@ -1,5 +1,6 @@
 """The architecture of §3, checked against its equations on a tiny model."""
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -73,11 +74,12 @@ def loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tens
         torch.tensor([[13, -100, 15, 16, 2], [17, -100, 2, -100, -100]]),  # ignored tokens inside a sentence too
     ],
 )
-def test_training_skips_padding_with_the_same_loss_and_gradients(batch, labels):
+@pytest.mark.parametrize("attention_bias", [False, True])
+def test_training_skips_padding_with_the_same_loss_and_gradients(batch, labels, attention_bias):
     """Training mode packs the real tokens of both stacks and the labelled logits, and projects Q, K, V jointly;
     eval mode computes everything, each projection alone."""
     batch = {**batch, "labels": labels}
-    model = make_tiny_model(dropout=0.0)
+    model = make_tiny_model(dropout=0.0, attention_bias=attention_bias)
     full, full_grads = loss_and_gradients(model, batch)
     assert full.logits.shape == (2, 5, 99)
     model.train()
@@ -89,20 +91,23 @@ def test_training_skips_padding_with_the_same_loss_and_gradients(batch, labels):
         torch.testing.assert_close(packed_grads[name], grad, msg=name)
 
 
-def matrix_products(model, batch) -> dict[str, int]:
-    """The matrix-product operators a forward pass runs, by name (a Linear with bias is one addmm)."""
+def matrix_products(model, batch) -> int:
+    """The matrix products a forward pass runs (a Linear is one mm, or one addmm with a bias); sdpa has none."""
     counts = count_operators.operator_counts(model, **batch)
-    return {name: counts[name] for name in ("addmm", "mm", "bmm") if counts[name]}
+    assert counts["bmm"] == 0
+    return counts["addmm"] + counts["mm"]
 
 
-def test_training_projects_the_queries_keys_and_values_of_an_input_as_one_product(batch):
-    model = make_tiny_model(attn_implementation="sdpa")
+@pytest.mark.parametrize("attention_bias", [False, True])
+def test_training_projects_the_queries_keys_and_values_of_an_input_as_one_product(batch, attention_bias):
+    model = make_tiny_model(attn_implementation="sdpa", attention_bias=attention_bias)
     layers = TINY["encoder_layers"]  # as many decoder layers
-    # per encoder layer: Q, K, V, output, 2 FFN; per decoder layer: 4 self-attention, 4 cross-attention, 2 FFN
-    assert matrix_products(model, batch) == {"addmm": 6 * layers + 10 * layers, "mm": 1}  # mm: the logits
+    # per encoder layer: Q, K, V, output, 2 FFN; per decoder layer: 4 self-attention, 4 cross-attention, 2 FFN;
+    # and the logits
+    assert matrix_products(model, batch) == 6 * layers + 10 * layers + 1
     model.train()
     # one product for Q, K, V of self-attention and one for K, V of the source
-    assert matrix_products(model, batch) == {"addmm": 4 * layers + 7 * layers, "mm": 1}
+    assert matrix_products(model, batch) == 4 * layers + 7 * layers + 1
 
 
 def test_packed_tokens_round_trip_and_zero_padding():
@@ -341,6 +346,34 @@ def test_bfloat16_loading(tmp_path, tiny_model, batch):
     assert model.generate(**{k: batch[k] for k in ("input_ids", "attention_mask")}).shape[0] == 2
 
 
+def test_attention_projections_are_matrices_and_biases_are_an_option(tiny_model):
+    """§3.2.2: W^Q, W^K, W^V, W^O without biases; `attention_bias=True` adds them (fairseq, Marian)."""
+    names = {name for name, _ in tiny_model.named_parameters()}
+    assert not {name for name in names if name.endswith("_proj.bias")}
+    assert "model.encoder.layers.0.self_attn.q_proj.weight" in names
+    biased = {name for name, _ in make_tiny_model(attention_bias=True).named_parameters()}
+    layers = TINY["encoder_layers"]
+    assert len(biased - names) == 4 * layers + 8 * layers  # 4 per attention, 3 attentions a layer pair
+    assert all(name.endswith("_proj.bias") for name in biased - names)
+
+
+def test_a_checkpoint_saved_before_attention_bias_existed_loads_with_its_biases(tmp_path, batch):
+    """Its config.json has no `attention_bias` and its weights have the biases: they load, none dropped."""
+    model = make_tiny_model(attention_bias=True)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_proj.bias"):
+                parameter.normal_()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["attention_bias"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, info = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert loaded.config.attention_bias
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    torch.testing.assert_close(loaded.eval()(**batch).logits, model(**batch).logits)
+
+
 def test_parameter_counts_of_the_papers_models():
     """Table 3: base 65M, big 213M (with about 37000 shared tokens; see the config's docstring)."""
     counts = {}
@@ -348,9 +381,9 @@ def test_parameter_counts_of_the_papers_models():
         with torch.device("meta"):
             model = VanillaTransformerForConditionalGeneration(VanillaTransformerConfig.from_preset(preset))
         counts[preset] = sum(p.numel() for p in model.parameters())
-    assert counts == {"base": 63_082_496, "big": 214_245_376}
+    assert counts == {"base": 63_045_632, "big": 214_171_648}
     d, v, n, ff = 512, 37000, 6, 2048  # the count by hand, for base
-    attention = 4 * (d * d + d)
+    attention = 4 * d * d  # W^Q, W^K, W^V, W^O, no biases (§3.2.2)
     ffn = d * ff + ff + ff * d + d
     encoder = n * (attention + ffn + 2 * 2 * d)
     decoder = n * (2 * attention + ffn + 3 * 2 * d)

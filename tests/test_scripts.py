@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_vanilla_transformer.batching import batch_by_tokens
-from hf_vanilla_transformer.cli import GenerationArguments
+from hf_vanilla_transformer.cli import GenerationArguments, ModelArguments, build_model, parse_args
 from hf_vanilla_transformer.data import load_parallel_corpus, tokenize_corpus
 from hf_vanilla_transformer.metrics import (
     moses_detokenize,
@@ -424,6 +424,15 @@ def test_train_rejects_bad_arguments(corpus, tokenizer_dir, tmp_path):
         script("train").main([str(tmp_path / "nope.json")])
 
 
+def test_attention_biases_are_a_model_argument_off_by_default(tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for argv, biased in (([], False), (["--attention_bias", "true"], True)):
+        (model_args,) = parse_args((ModelArguments,), ["--d_model", "32", *argv])
+        model = build_model(model_args, tokenizer)
+        assert model.config.attention_bias is biased
+        assert (model.model.decoder.layers[0].encoder_attn.out_proj.bias is not None) is biased
+
+
 def test_train_leaves_the_process_group_after_saving_and_before_scoring(corpus, tokenizer_dir, tmp_path, monkeypatch):
     output_dir = tmp_path / "ended"
     seen = []
@@ -495,7 +504,7 @@ def test_scripts_name_a_missing_or_incomplete_model_folder(run, tmp_path):
 @pytest.mark.parametrize("config", sorted((REPO / "scripts" / "configs").glob("*.json")), ids=lambda path: path.name)
 def test_every_committed_config_is_a_valid_train_argument_file(config):
     """A misspelt key would otherwise stop a documented command only after its data and tokenizer were loaded."""
-    from hf_vanilla_transformer.cli import DataArguments, ModelArguments, parse_args
+    from hf_vanilla_transformer.cli import DataArguments
     from hf_vanilla_transformer.trainer import VanillaSeq2SeqTrainingArguments
 
     model_args, data_args, training_args = parse_args(

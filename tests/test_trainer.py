@@ -237,12 +237,11 @@ def test_gradient_accumulation_of_half_budgets_equals_one_full_batch(tokenizer, 
     for name, grad in full_grads.items():
         torch.testing.assert_close(half_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
     for (name, p_full), p_half in zip(full_model.named_parameters(), half_model.parameters(), strict=True):
-        if name.endswith("k_proj.bias"):
-            # A key bias shifts every score of a query by the same amount: its gradient is 0 up to rounding,
-            # and Adam's first step, g / (|g| + eps), turns that rounding into updates of either sign.
-            assert full_grads[name].abs().max() < 1e-6
-            continue
-        torch.testing.assert_close(p_half, p_full, rtol=1e-5, atol=1e-6, msg=name)
+        # Adam's first step moves a weight by lr * g / (|g| + eps): where g is near eps (1e-9), rounding in g, far
+        # below the tolerance above, moves the update itself by up to lr. Compare where g is well above eps.
+        clear = full_grads[name].abs() > 1e-6
+        assert clear.float().mean() > 0.5, name
+        torch.testing.assert_close(p_half[clear], p_full[clear], rtol=1e-5, atol=1e-6, msg=name)
     assert half_log["loss"] == pytest.approx(full_log["loss"], rel=1e-5)
     assert half_log["nll_loss"] == pytest.approx(full_log["nll_loss"], rel=1e-5)
 
