@@ -136,9 +136,9 @@ def _joint_projections(inputs: torch.Tensor, *projections: nn.Linear) -> tuple[t
     base training step under bf16 autocast runs 1,012 torch operators instead of 1,216 (1,156 instead of 1,432 with
     attention biases), each a kernel launch on a GPU, where launching bounds the step (benchmarks/RESULTS.md). Not
     while decoding, where concatenating the weights at every step would copy them once more than the products read
-    them. It reads the weights without
-    calling the `nn.Linear` modules: a sharding framework that gathers a module's weights only when that module
-    runs (DeepSpeed ZeRO-3) must gather the attention module whole, as FSDP wrapping whole layers does.
+    them. It reads the weights without calling the `nn.Linear` modules: a sharding framework that gathers a
+    module's weights only when that module runs (DeepSpeed ZeRO-3) must gather the attention module whole, as FSDP
+    wrapping whole layers does.
     """
     weight = torch.cat([projection.weight for projection in projections])
     bias = None if projections[0].bias is None else torch.cat([projection.bias for projection in projections])
