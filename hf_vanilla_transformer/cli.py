@@ -182,8 +182,7 @@ class GenerationArguments:
         default=None,
         metadata={
             "help": "When a beam search stops: 'never' (the paper: once no running hypothesis can win), 'true' "
-            "(once num_beams hypotheses have finished) or 'false' (transformers' heuristic).",
-            "choices": list(EARLY_STOPPING),
+            "(once num_beams hypotheses have finished) or 'false' (transformers' heuristic)."
         },
     )
     batch_size: int = field(default=64, metadata={"help": "Sentences per generate() call."})

@@ -65,6 +65,14 @@ def make_tiny_model(**overrides) -> VanillaTransformerForConditionalGeneration:
     return VanillaTransformerForConditionalGeneration(VanillaTransformerConfig(**{**TINY, **overrides})).eval()
 
 
+def randomize_attention_biases(model: torch.nn.Module, std: float) -> None:
+    """N(0, std) attention biases (initialised to zero), so that a bias dropped or misplaced changes the outputs."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_proj.bias"):
+                parameter.normal_(std=std)
+
+
 @pytest.fixture
 def tiny_model() -> VanillaTransformerForConditionalGeneration:
     return make_tiny_model()

@@ -8,6 +8,8 @@ import torch
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
+from conftest import randomize_attention_biases  # noqa: E402
+
 from hf_vanilla_transformer import (  # noqa: E402
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
@@ -50,10 +52,7 @@ def random_model(tokenizer, attention_bias: bool = False) -> VanillaTransformerF
         vocab_size=len(tokenizer), init_std=0.4, attention_bias=attention_bias, **ARCHITECTURE
     )
     model = VanillaTransformerForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("_proj.bias"):  # initialised to zero
-                parameter.normal_(std=0.4)
+    randomize_attention_biases(model, std=0.4)
     return model
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, make_tiny_model
+from conftest import TINY, make_tiny_model, randomize_attention_biases
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.modeling_vanilla_transformer import PackedTokens, shift_tokens_right
@@ -360,10 +360,7 @@ def test_attention_projections_are_matrices_and_biases_are_an_option(tiny_model)
 def test_a_checkpoint_saved_before_attention_bias_existed_loads_with_its_biases(tmp_path, batch):
     """Its config.json has no `attention_bias` and its weights have the biases: they load, none dropped."""
     model = make_tiny_model(attention_bias=True)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("_proj.bias"):
-                parameter.normal_()
+    randomize_attention_biases(model, std=1.0)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     del config["attention_bias"]
