@@ -77,7 +77,8 @@ def multi_bleu(tokenised_hypotheses: Sequence[str], tok_references: Sequence[str
     """``multi-bleu.perl``'s corpus BLEU of tokenised text as it is: sacreBLEU with ``tokenize="none"`` and no
     smoothing. For the output of a model trained on ``tok/`` text, this is the literature's figure."""
     _check_pairs(tokenised_hypotheses, tok_references, "tok_references")
-    bleu = BLEU(tokenize="none", smooth_method="none")
+    # force: the text is tokenised on purpose, so sacreBLEU's "forgot to detokenize" warning would mislead
+    bleu = BLEU(tokenize="none", smooth_method="none", force=True)
     return {
         "bleu": bleu.corpus_score(list(tokenised_hypotheses), [list(tok_references)]).score,
         "bleu_signature": str(bleu.get_signature()),

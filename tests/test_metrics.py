@@ -1,3 +1,4 @@
+import logging
 import math
 import socket
 
@@ -140,6 +141,16 @@ def test_multi_bleu_scores_tokenised_text_as_it_is():
     assert multi_bleu(["a dog's ball."], ["a dog &apos;s ball ."])["bleu"] == 0.0
     with pytest.raises(ValueError, match="got 1 hypotheses and 2 tok_references"):
         multi_bleu(["a"], ["a", "b"])
+
+
+def test_only_the_detokenised_path_warns_about_tokenised_output(caplog):
+    lines = ["a dog runs ."] * 100  # sacreBLEU warns from 100 lines ending in " ."
+    with caplog.at_level(logging.WARNING):
+        assert multi_bleu(lines, lines)["bleu"] == pytest.approx(100.0)
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING):
+        sacrebleu_scores(lines, lines)  # here tokenised output is a mistake the user should hear of
+    assert "forgot to detokenize" in caplog.text
 
 
 MULTI30K_FILES = [
