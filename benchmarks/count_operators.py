@@ -5,7 +5,7 @@ launching bounds the step of models of these sizes (benchmarks/RESULTS.md). Coun
 
 The step is benchmark.py's (forward + backward + fused Adam step) on one batch of random sentences, taken once
 untimed (Adam's state) and then counted. Views (`view`, `transpose`, ...) launch nothing and are not counted. Our
-model runs as on a GPU: without skipping padding and with joint Q/K/V products (see `_cpu_eager` in the model).
+model runs as on a GPU: without skipping padding, which it does on a CPU only.
 """
 
 import argparse
@@ -63,7 +63,7 @@ def step_counts(
     )
     batch = benchmark.TrainBatch.of(sources, targets)
     counts = {}
-    with mock.patch.object(modeling, "_cpu_eager", lambda device: False):
+    with mock.patch.object(modeling, "_skips_padding", lambda device: False):
         for name, model in benchmark.build_models(config, seed).items():
             optimizer = benchmark.adam(model.train())
             benchmark.train_step(model, optimizer, batch, settings)  # Adam's state, allocated once

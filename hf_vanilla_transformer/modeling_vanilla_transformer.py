@@ -98,10 +98,7 @@ class PackedTokens:
 
     def __init__(self, mask: torch.Tensor):
         self.batch, self.length = mask.shape  # mask (B, L): nonzero at real tokens
-        real = mask.flatten() != 0
-        self.index = real.nonzero().squeeze(-1)  # (N,)
-        # each position's row in [packed; zeros]: its token's at a real token, the zero row N at padding
-        self.rows = (real.cumsum(0) - 1).masked_fill(~real, self.index.shape[0])  # (B*L,)
+        self.index = mask.flatten().nonzero().squeeze(-1)  # (N,)
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, L, ...) -> (N, ...)"""
@@ -109,16 +106,14 @@ class PackedTokens:
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (B, L, ...), zeros at padding"""
-        # A gather from [packed; 0] rather than a scatter into zeros: `index_copy` saves its source for the
-        # backward pass, which kept every packed query, key and value alive beside their padded copies.
-        with_zero_row = torch.cat([packed, packed.new_zeros(1, *packed.shape[1:])])
-        return with_zero_row.index_select(0, self.rows).unflatten(0, (self.batch, self.length))
+        padded = packed.new_zeros(self.batch * self.length, *packed.shape[1:])
+        # index_put, not index_copy: index_copy's backward keeps its source, which kept every packed query, key
+        # and value alive beside the padded copies attention keeps (165 MiB of a base step, 2026-11-27)
+        return padded.index_put((self.index,), packed).unflatten(0, (self.batch, self.length))
 
 
-def _cpu_eager(device: torch.device) -> bool:
-    """On CPU outside `torch.compile`, where the work of a step bounds it: the stacks skip padding (see
-    `VanillaTransformerStack.pack`) and Q, K, V are separate products (see `_joint_projections`). On a GPU, where
-    kernel launches bound a step of these sizes, the model launches fewer kernels instead."""
+def _skips_padding(device: torch.device) -> bool:
+    """Whether the stacks pack real tokens: on CPU, outside `torch.compile` (see `VanillaTransformerStack.pack`)."""
     return device.type == "cpu" and not torch.compiler.is_compiling()
 
 
@@ -139,14 +134,13 @@ def _ungroup_weights(weights: torch.Tensor, rows_per_source: int) -> torch.Tenso
 def _joint_projections(inputs: torch.Tensor, *projections: nn.Linear) -> tuple[torch.Tensor, ...]:
     """Several projections of one input as one matrix product: [xW_1 + b_1, xW_2 + b_2] = x[W_1 W_2] + [b_1 b_2].
 
-    Used in training on a GPU, where it replaces 3 (or 2) products, their dtype casts and their gradients by one of
-    each: a base training step under bf16 autocast runs 1,012 torch operators instead of 1,216 (1,156 instead of
-    1,432 with attention biases), each a kernel launch, and launching bounds the step (benchmarks/RESULTS.md). Not on
-    CPU, where it saved no time and the joined weights it keeps for the backward pass cost memory (48 MiB of a base
-    step's 1.6 GiB, 2026-11-27). Not while decoding, where concatenating the weights at every step would copy them
-    once more than the products read them. It reads the weights without calling the `nn.Linear` modules: a sharding
-    framework that gathers a module's weights only when that module runs (DeepSpeed ZeRO-3) must gather the
-    attention module whole, as FSDP wrapping whole layers does.
+    Used in training, where it replaces 3 (or 2) products, their dtype casts and their gradients by one of each: a
+    base training step under bf16 autocast runs 1,012 torch operators instead of 1,216 (1,156 instead of 1,432 with
+    attention biases), each a kernel launch on a GPU, where launching bounds the step (benchmarks/RESULTS.md). Not
+    while decoding, where concatenating the weights at every step would copy them once more than the products read
+    them. It reads the weights without calling the `nn.Linear` modules: a sharding framework that gathers a
+    module's weights only when that module runs (DeepSpeed ZeRO-3) must gather the attention module whole, as FSDP
+    wrapping whole layers does.
     """
     weight = torch.cat([projection.weight for projection in projections])
     bias = None if projections[0].bias is None else torch.cat([projection.bias for projection in projections])
@@ -203,7 +197,7 @@ class VanillaTransformerAttention(nn.Module):
         is_cross_attention = key_value_states is not None
         source = key_value_states if is_cross_attention else hidden_states
         source_tokens = None if is_cross_attention else tokens
-        if not self.training or _cpu_eager(hidden_states.device):
+        if not self.training:
             query, key, value = self.q_proj(hidden_states), None, None  # keys and values below, unless cached
         elif is_cross_attention:
             query, (key, value) = self.q_proj(hidden_states), _joint_projections(source, self.k_proj, self.v_proj)
@@ -454,7 +448,7 @@ class VanillaTransformerStack(nn.Module):
         On an H200, base training on 25k-token batches ran at 0.89x MarianMTModel's speed with packing (at
         parity without it, in an earlier run).
         """
-        if padding_mask is None or padding_mask.dim() != 2 or not _cpu_eager(hidden_states.device):
+        if padding_mask is None or padding_mask.dim() != 2 or not _skips_padding(hidden_states.device):
             return hidden_states, None
         padding_mask = padding_mask[:, -hidden_states.shape[1] :]  # a cached decoder's mask spans the past
         if padding_mask.all():  # nothing to skip: spare the copies
@@ -768,7 +762,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
                     f"logits_mask must be a bool tensor of shape {target_shape} (batch, target length), got "
                     f"{logits_mask.dtype} {tuple(logits_mask.shape)}"
                 )
-            if decoder_attention_mask is None and _cpu_eager(self.lm_head.weight.device):
+            if decoder_attention_mask is None and _skips_padding(self.lm_head.weight.device):
                 # Positions after a sentence's last wanted logit neither give one nor feed one that does (the
                 # decoder is causal): as padding, the decoder skips them (see PackedTokens). Elsewhere no mask:
                 # the decoder's self-attention keeps the kernels' plain causal path.

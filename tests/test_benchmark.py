@@ -325,7 +325,7 @@ def test_a_training_step_of_ours_projects_as_torch_nn_does_and_runs_fewer_operat
     size, config = benchmark.parse_size(MICRO, 50)
     counts = count_operators.step_counts(config, benchmark.Settings(sizes={size: config}), sentences=4)
     products = {name: count["mm"] + count["addmm"] for name, count in counts.items()}
-    # torch.nn.Transformer packs Q, K, V (and the source's K, V) into one product each, as we do in training on a GPU
+    # torch.nn.Transformer packs Q, K, V (and the source's K, V) into one product each, as we do in training
     assert products["ours"] == products["torch_nn"] < products["marian"]
     assert sum(counts["ours"].values()) < sum(counts["marian"].values())
     assert counts["ours"]["_fused_adam_"] == counts["marian"]["_fused_adam_"] == 1

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import TINY, make_tiny_model, randomize_attention_biases
 
-import hf_vanilla_transformer.modeling_vanilla_transformer as modeling
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.modeling_vanilla_transformer import PackedTokens, shift_tokens_right
 
@@ -76,13 +75,9 @@ def loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tens
     ],
 )
 @pytest.mark.parametrize("attention_bias", [False, True])
-@pytest.mark.parametrize("cpu_eager", [True, False], ids=["cpu", "as_on_gpu"])
-def test_training_skips_padding_with_the_same_loss_and_gradients(
-    batch, labels, attention_bias, cpu_eager, monkeypatch
-):
-    """Training mode computes the labelled logits only; on CPU it also packs the real tokens of both stacks, and on a
-    GPU it projects Q, K, V jointly instead. Eval mode computes every position, each projection alone."""
-    monkeypatch.setattr(modeling, "_cpu_eager", lambda device: cpu_eager)
+def test_training_skips_padding_with_the_same_loss_and_gradients(batch, labels, attention_bias):
+    """Training mode packs the real tokens of both stacks and the labelled logits, and projects Q, K, V jointly;
+    eval mode computes everything, each projection alone."""
     batch = {**batch, "labels": labels}
     model = make_tiny_model(dropout=0.0, attention_bias=attention_bias)
     full, full_grads = loss_and_gradients(model, batch)
@@ -104,17 +99,13 @@ def matrix_products(model, batch) -> int:
 
 
 @pytest.mark.parametrize("attention_bias", [False, True])
-def test_training_on_a_gpu_projects_the_queries_keys_and_values_of_an_input_as_one_product(
-    batch, attention_bias, monkeypatch
-):
+def test_training_projects_the_queries_keys_and_values_of_an_input_as_one_product(batch, attention_bias):
     model = make_tiny_model(attn_implementation="sdpa", attention_bias=attention_bias)
     layers = TINY["encoder_layers"]  # as many decoder layers
     # per encoder layer: Q, K, V, output, 2 FFN; per decoder layer: 4 self-attention, 4 cross-attention, 2 FFN;
     # and the logits
     assert matrix_products(model, batch) == 6 * layers + 10 * layers + 1
     model.train()
-    assert matrix_products(model, batch) == 6 * layers + 10 * layers + 1  # on CPU, as in eval mode
-    monkeypatch.setattr(modeling, "_cpu_eager", lambda device: False)
     # one product for Q, K, V of self-attention and one for K, V of the source
     assert matrix_products(model, batch) == 4 * layers + 7 * layers + 1
 
@@ -129,8 +120,8 @@ def test_packed_tokens_round_trip_and_zero_padding():
 
 
 def test_unpacking_keeps_nothing_of_the_packed_tensor_for_the_backward_pass():
-    """Autograd may keep the padded copy and indices, not the packed input: that would double the memory of every
-    packed query, key and value (`index_copy` kept its source)."""
+    """Autograd may keep the indices, not the packed input: that would double the memory of every packed query,
+    key and value (`index_copy` kept its source)."""
     tokens = PackedTokens(torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 1]]))
     leaf = torch.randn(5, 2, requires_grad=True)
     packed = leaf * 2  # not a leaf: autograd frees it unless a node saves it
