@@ -108,7 +108,7 @@ class PackedTokens:
         """(N, ...) -> (B, L, ...), zeros at padding"""
         padded = packed.new_zeros(self.batch * self.length, *packed.shape[1:])
         # index_put, not index_copy: index_copy's backward keeps its source, which kept every packed query, key
-        # and value alive beside the padded copies attention keeps (165 MiB of a base step, 2026-11-27)
+        # and value alive beside the padded copies attention keeps (165 MiB of a base step at random lengths)
         return padded.index_put((self.index,), packed).unflatten(0, (self.batch, self.length))
 
 
