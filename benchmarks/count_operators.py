@@ -63,7 +63,7 @@ def step_counts(
     )
     batch = benchmark.TrainBatch.of(sources, targets)
     counts = {}
-    with mock.patch.object(modeling, "_skips_padding", lambda device: False):
+    with mock.patch.object(modeling, "_on_eager_cpu", lambda device: False):
         for name, model in benchmark.build_models(config, seed).items():
             optimizer = benchmark.adam(model.train())
             benchmark.train_step(model, optimizer, batch, settings)  # Adam's state, allocated once

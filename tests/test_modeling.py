@@ -10,7 +10,7 @@ import torch
 from conftest import TINY, make_tiny_model, randomize_attention_biases
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from hf_vanilla_transformer.modeling_vanilla_transformer import PackedTokens, shift_tokens_right
+from hf_vanilla_transformer.modeling_vanilla_transformer import PackedTokens, dropout, shift_tokens_right
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import count_operators  # noqa: E402
@@ -132,6 +132,36 @@ def test_unpacking_keeps_nothing_of_the_packed_tensor_for_the_backward_pass():
     gradient = torch.randn(3, 3, 2)
     padded.backward(gradient)
     torch.testing.assert_close(leaf.grad, 2 * tokens.pack(gradient))
+
+
+def test_cpu_dropout_keeps_elements_independently_with_probability_1_minus_p_and_scales_them():
+    p, n = 0.3, 400_000
+    inputs = torch.linspace(1, 2, n, requires_grad=True)
+    outputs = dropout(inputs, p, training=True)
+    kept = outputs != 0
+    torch.testing.assert_close(outputs[kept], inputs[kept] / (1 - p), rtol=1e-6, atol=0)
+    sigma = math.sqrt(p * (1 - p) / n)  # of a fraction of n independent draws
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * sigma
+    # neighbours, and elements far apart, are kept together with probability (1 - p)^2: no pattern in the bits
+    for offset in (1, 2, 3, n // 2):
+        together = (kept[:-offset] & kept[offset:]).float().mean().item()
+        assert abs(together - (1 - p) ** 2) < 5 * math.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / (n - offset))
+    gradient = torch.randn(n)
+    outputs.backward(gradient)
+    torch.testing.assert_close(inputs.grad, torch.where(kept, gradient / (1 - p), 0.0))
+
+
+def test_cpu_dropout_follows_torchs_seed_and_keeps_only_a_boolean_mask_for_the_backward_pass():
+    inputs = torch.randn(64, 32, requires_grad=True)
+    masks = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            masks.append(dropout(inputs, 0.1, training=True) != 0)
+        assert [t.dtype for t in saved if t.numel() > 1] == [torch.bool]
+    assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+    assert dropout(inputs, 0.1, training=False) is inputs and dropout(inputs, 0.0, training=True) is inputs
 
 
 def test_only_a_batch_with_padding_is_packed(tiny_model, batch):
