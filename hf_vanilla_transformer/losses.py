@@ -33,13 +33,38 @@ def label_smoothed_nll_loss(
             f"logits must have shape labels.shape + (vocab_size,); got logits {tuple(logits.shape)} "
             f"and labels {tuple(labels.shape)}"
         )
-    # One log-softmax shared by both terms. Measured on (4096, 10000) fp32 logits, CPU, 1 thread: two
-    # F.cross_entropy calls (smoothed + plain) took 370 ms forward / 710 ms forward+backward, this 210 / 590 ms.
-    lprobs = F.log_softmax(logits.float().reshape(-1, logits.shape[-1]), dim=-1)  # (N, K)
-    labels = labels.reshape(-1)  # (N,)
-    mask = labels != ignore_index
-    nll = F.nll_loss(lprobs, labels, ignore_index=ignore_index, reduction="sum")
-    # masked_fill, not `* mask`: a padding row holding -inf logits would give -inf * 0 = nan
-    uniform = -lprobs.sum(dim=-1).masked_fill(~mask, 0.0).sum()  # Σ over tokens of -Σ_k log p(k)
-    loss = (1.0 - epsilon) * nll + epsilon / lprobs.shape[-1] * uniform
-    return loss, nll, mask.sum()
+    loss, nll = _LabelSmoothedCrossEntropy.apply(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), epsilon, ignore_index
+    )
+    return loss, nll, (labels != ignore_index).sum()
+
+
+class _LabelSmoothedCrossEntropy(torch.autograd.Function):
+    """(Σ -Σ_k q'(k) log p(k), Σ -log p(y)) over tokens from one log-softmax; gradient p - q' (and p - δ_y).
+
+    Written out because torch composes it from log_softmax, nll_loss and sum, whose backward passes allocate and
+    sweep the (N, K) logits four times (nll_loss's zeros, their sum with the uniform term's, log_softmax's
+    backward). N = K = 8000, 2 CPU cores, forward + backward: 323 ms composed, 204 ms here; the composed forward
+    was itself one log-softmax for both terms (two F.cross_entropy calls had cost 1.2x its time).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float, ignore_index: int):
+        lprobs = F.log_softmax(logits, dim=-1)  # (N, K)
+        ignored = labels == ignore_index
+        targets = labels.masked_fill(ignored, 0)
+        # masked_fill, not `* mask`: a padding row holding -inf logits would give -inf * 0 = nan
+        nll = -lprobs.gather(1, targets[:, None]).squeeze(1).masked_fill(ignored, 0.0).sum()
+        uniform = -lprobs.sum(dim=-1).masked_fill(ignored, 0.0).sum()  # Σ over tokens of -Σ_k log p(k)
+        ctx.save_for_backward(lprobs, targets, ignored)
+        ctx.epsilon = epsilon
+        return (1.0 - epsilon) * nll + epsilon / lprobs.shape[-1] * uniform, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, grad_nll: torch.Tensor):
+        lprobs, targets, ignored = ctx.saved_tensors
+        epsilon = ctx.epsilon
+        grad = lprobs.exp().mul_(grad_loss + grad_nll).sub_(grad_loss * epsilon / lprobs.shape[-1])
+        grad[torch.arange(len(targets), device=grad.device), targets] -= grad_loss * (1.0 - epsilon) + grad_nll
+        grad[ignored] = 0.0
+        return grad, None, None, None

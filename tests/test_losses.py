@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_vanilla_transformer.losses import label_smoothed_nll_loss
+from hf_vanilla_transformer.losses import _LabelSmoothedCrossEntropy, label_smoothed_nll_loss
 
 V = 11  # vocabulary size K
 PAD = -100
@@ -97,6 +97,20 @@ def test_gradient_is_softmax_minus_smoothed_target(batch):
     expected = torch.softmax(logits.detach(), dim=-1) - q
     expected[labels == PAD] = 0.0
     torch.testing.assert_close(logits.grad, expected)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_closed_form_gradients_of_both_sums_match_finite_differences(batch, epsilon):
+    """The hand-written backward, for any mix of the two outputs' gradients, against torch's numerical one."""
+    logits, labels = batch
+    logits = logits.double().reshape(-1, V).requires_grad_(True)
+    labels = labels.reshape(-1)
+
+    def weighted_sums(x):
+        loss, nll = _LabelSmoothedCrossEntropy.apply(x, labels, epsilon, PAD)
+        return 0.7 * loss - 1.3 * nll
+
+    assert torch.autograd.gradcheck(weighted_sums, (logits,))
 
 
 def test_all_positions_ignored_gives_zero_not_nan(batch):
