@@ -113,7 +113,7 @@ class PackedTokens:
 
 
 def _on_eager_cpu(device: torch.device) -> bool:
-    """Whether the CPU's shortcuts apply (`VanillaTransformerStack.pack`, `dropout`): on CPU, outside `torch.compile`."""
+    """Whether the CPU shortcuts (`VanillaTransformerStack.pack`, `dropout`) apply: on CPU, outside `torch.compile`."""
     return device.type == "cpu" and not torch.compiler.is_compiling()
 
 

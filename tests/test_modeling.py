@@ -153,13 +153,12 @@ def test_cpu_dropout_keeps_elements_independently_with_probability_1_minus_p_and
 
 def test_cpu_dropout_follows_torchs_seed_and_keeps_only_a_boolean_mask_for_the_backward_pass():
     inputs = torch.randn(64, 32, requires_grad=True)
-    masks = []
+    masks, saved = [], []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
-        saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
             masks.append(dropout(inputs, 0.1, training=True) != 0)
-        assert [t.dtype for t in saved if t.numel() > 1] == [torch.bool]
+    assert [t.dtype for t in saved if t.numel() > 1] == [torch.bool] * 3
     assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
     assert dropout(inputs, 0.1, training=False) is inputs and dropout(inputs, 0.0, training=True) is inputs
 
