@@ -9,10 +9,12 @@ What the stock Trainer lacks, and this subclass adds:
 - the paper's optimizer and schedule (`build_optimizer`) instead of AdamW with linear decay;
 - a model generation config left as it was by `predict_with_generate` (the stock `prediction_step` writes
   transformers' defaults, `max_length=20` among them, into it in place, and they would be saved with the model),
-  and a `config.use_cache` left as it was (the stock `__init__` sets it to `args.use_cache`, False).
+  and a `config.use_cache` left as it was (the stock `__init__` sets it to `args.use_cache`, False);
+- on CPU, large freed blocks kept by malloc for the next step (`reuse_freed_cpu_memory`).
 """
 
 import copy
+import ctypes
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +33,25 @@ from .schedule import build_optimizer
 logger = logging.get_logger(__name__)
 
 PAPER_TOKENS_PER_UPDATE = 25000  # §5.1: "approximately 25000 source tokens and 25000 target tokens"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_REUSED_BLOCK_BYTES = 1 << 30
+
+
+def reuse_freed_cpu_memory() -> bool:
+    """Makes glibc's malloc keep freed blocks of up to 1 GiB for reuse instead of unmapping them.
+
+    glibc maps every block above its mmap threshold (32 MiB at most by default) afresh from the kernel and unmaps
+    it when freed, so each CPU training step faults in again the pages of its (N, V) logits, log-probabilities
+    and their gradients (256 MB each at 8,192 tokens and V = 8000): allocating and filling one such tensor takes
+    about 70 ms, against 10 ms in reused memory (benchmarks/RESULTS.md). torch has no caching allocator on CPU
+    (its tuning guide suggests preloading jemalloc or tcmalloc); this needs nothing installed. Applies to the
+    whole process. Returns whether malloc took the settings: False where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(parameter, _REUSED_BLOCK_BYTES) for parameter in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD))
 
 
 @dataclass
@@ -176,6 +197,8 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
         # The Trainer sets config.use_cache = args.use_cache (False), which every saved config.json would keep;
         # compute_loss turns the cache off for training instead.
         model.config.use_cache = use_cache
+        if self.args.device.type == "cpu" and reuse_freed_cpu_memory():
+            logger.info("CPU training: malloc keeps freed blocks of up to 1 GiB for reuse (reuse_freed_cpu_memory)")
         # The Trainer counts the label tokens of each update only for models it believes take them.
         self.model_accepts_loss_kwargs = True
         self._nll = torch.tensor(0.0)  # NLL of the updates since the last log, as `loss` is accumulated

@@ -1,8 +1,12 @@
 """VanillaSeq2SeqTrainer: token-budget batches, the loss it logs, gradient accumulation, schedule, evaluation."""
 
 import copy
+import platform
 import random
+import subprocess
+import sys
 import warnings
+from unittest import mock
 
 import datasets
 import pytest
@@ -17,7 +21,10 @@ from hf_vanilla_transformer.losses import label_smoothed_nll_loss
 from hf_vanilla_transformer.metrics import build_compute_metrics
 from hf_vanilla_transformer.schedule import noam_lr
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
-from hf_vanilla_transformer.trainer import VanillaSeq2SeqTrainer, VanillaSeq2SeqTrainingArguments
+from hf_vanilla_transformer.trainer import (
+    VanillaSeq2SeqTrainer,
+    VanillaSeq2SeqTrainingArguments,
+)
 
 WORDS = "a red blue green cat dog bird runs sits jumps big small man woman the on in".split()
 
@@ -148,6 +155,40 @@ def test_no_memory_is_pinned_without_an_accelerator(tokenizer, tmp_path):
         warnings.simplefilter("always")
         next(iter(trainer.get_train_dataloader()))
     assert [str(w.message) for w in caught if "pin_memory" in str(w.message)] == []
+
+
+RSS_KEPT_AFTER_FREEING_64_MIB = """
+import sys, torch
+from hf_vanilla_transformer.trainer import reuse_freed_cpu_memory
+def rss_kib():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+if sys.argv[1] == "reuse":
+    assert reuse_freed_cpu_memory()
+before = rss_kib()
+torch.ones(1 << 24)  # 64 MiB, filled, freed at once
+print((rss_kib() - before) // 1024)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="sets glibc's malloc, reads /proc")
+def test_cpu_training_keeps_large_freed_blocks_for_reuse(tokenizer, tmp_path):
+    """Each step's large tensors (logits, their gradients) reuse freed memory instead of new pages of the kernel."""
+    kept_mib = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", RSS_KEPT_AFTER_FREEING_64_MIB, mode], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for mode in ("default", "reuse")
+    }
+    assert kept_mib["default"] < 8 and kept_mib["reuse"] >= 63, kept_mib
+    args = training_args(tmp_path, max_tokens=60, max_steps=1)
+    dataset = copy_dataset(tokenizer, sentences(8, seed=1))
+    with mock.patch("hf_vanilla_transformer.trainer.reuse_freed_cpu_memory", return_value=True) as reuse:
+        VanillaSeq2SeqTrainer(
+            model=tiny_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+    reuse.assert_called_once_with()
 
 
 def test_logged_loss_is_label_smoothed_loss_per_token(tokenizer, tmp_path):
