@@ -21,10 +21,7 @@ from hf_vanilla_transformer.losses import label_smoothed_nll_loss
 from hf_vanilla_transformer.metrics import build_compute_metrics
 from hf_vanilla_transformer.schedule import noam_lr
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
-from hf_vanilla_transformer.trainer import (
-    VanillaSeq2SeqTrainer,
-    VanillaSeq2SeqTrainingArguments,
-)
+from hf_vanilla_transformer.trainer import VanillaSeq2SeqTrainer, VanillaSeq2SeqTrainingArguments
 
 WORDS = "a red blue green cat dog bird runs sits jumps big small man woman the on in".split()
 
