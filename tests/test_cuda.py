@@ -7,6 +7,9 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
+from hf_vanilla_transformer.losses import label_smoothed_nll_loss
+from hf_vanilla_transformer.modeling_vanilla_transformer import dropout
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 PAPER_BEAM = {"num_beams": 4}  # with the rest of the paper's decoding from the generation config
@@ -77,3 +80,29 @@ def test_bf16_autocast_gradients_follow_fp32(batch):
     loss16, grad16 = loss_and_gradient(bf16=True)
     torch.testing.assert_close(loss16, loss32, atol=0, rtol=2e-2)
     assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.99
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_label_smoothed_loss_and_its_gradient_on_cuda_equal_cpu(dtype):
+    """The loss's hand-written backward on CUDA, for fp32 logits and for bf16 ones (upcast before the softmax)."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 50, generator=generator).to(dtype)
+    labels = torch.randint(0, 50, (40,), generator=generator)
+    labels[::7] = -100
+    results = {}
+    for device in ("cpu", "cuda"):
+        leaf = logits.to(device).requires_grad_(True)
+        loss, nll, ntokens = label_smoothed_nll_loss(leaf, labels.to(device), epsilon=0.1)
+        (loss / ntokens).backward()
+        results[device] = (loss.detach().cpu(), nll.detach().cpu(), leaf.grad.cpu())
+    for cpu, cuda in zip(results["cpu"], results["cuda"], strict=True):
+        torch.testing.assert_close(cuda, cpu)  # torch's tolerances for the dtype: a bf16 gradient may round apart
+    assert results["cuda"][2].dtype == dtype
+
+
+def test_dropout_on_cuda_is_torchs(monkeypatch):
+    """Our CPU dropout's bits are for the CPU only: on CUDA the model calls torch's fused dropout."""
+    calls = []
+    monkeypatch.setattr(torch.nn.functional, "dropout", lambda x, p, training: calls.append(p) or x)
+    hidden = torch.ones(4, 8, device="cuda")
+    assert dropout(hidden, 0.3, training=True) is hidden and calls == [0.3]
