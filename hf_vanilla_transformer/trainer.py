@@ -42,8 +42,8 @@ def reuse_freed_cpu_memory() -> bool:
 
     glibc maps every block above its mmap threshold (32 MiB at most by default) afresh from the kernel and unmaps
     it when freed, so each CPU training step faults in again the pages of its (N, V) logits, log-probabilities
-    and their gradients (256 MB each at 8,192 tokens and V = 8000): allocating and filling one such tensor takes
-    about 70 ms, against 10 ms in reused memory (benchmarks/RESULTS.md). torch has no caching allocator on CPU
+    and their gradients (256 MB each at 8,192 tokens and V = 8000): allocating and filling one such tensor took
+    72-96 ms, against 10 ms in reused memory (benchmarks/RESULTS.md). torch has no caching allocator on CPU
     (its tuning guide suggests preloading jemalloc or tcmalloc); this needs nothing installed. Applies to the
     whole process. Returns whether malloc took the settings: False where the C library is not glibc.
     """
