@@ -28,8 +28,9 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 DATA=${DATA:-.data/multi30k}
 TRAIN_MINUTES=${TRAIN_MINUTES:-5}
-# GRID: the runs, "pair:lr_scale[:dropout[:max_tokens[:bias]]] ..." (dropout: the preset's 0.3; max_tokens: 4096;
-# "bias": attention projections with biases, fairseq's and our checkpoints' before 2026-11-27, not the paper's).
+# GRID: the runs, "pair:lr_scale[:dropout[:max_tokens[:bias[:vocab]]]] ..." (dropout: the preset's 0.3; max_tokens:
+# 4096; "bias": attention projections with biases, fairseq's and our checkpoints' before 2026-11-27, not the paper's;
+# vocab: the joint BPE's size, train.py's 10000, e.g. "en-de:1.8:0.3:16384::8000" for the CPU runs' 8000).
 # A tiny run's step on the GPU is bound by its process, not the GPU: 16384-token batches cost little more than
 # 4096. En->De scored best on val with dropout 0.3, 16384 tokens and lr_scale 1.8 (2026-11-27, README); the
 # default grid trains De->En and En->Fr with it too (three runs make 13-16 updates/s each).
@@ -38,7 +39,7 @@ SAVE_STEPS=${SAVE_STEPS:-80}  # a checkpoint every SAVE_STEPS updates; the last 
 PRECISION=${PRECISION:-bf16}   # `accelerate launch --mixed_precision` and train.py's --bf16/--fp16 (no: fp32)
 EXTRA=${EXTRA:-}               # more train.py flags (the local smoke test adds --max_train_samples ...)
 DEADLINE=${DEADLINE:-575}      # seconds after the start by which all must be done (the call's limit: 600)
-# RUNS_ONLY=1: the training runs alone (steps 1 and 4), for runs of up to 8.6 minutes, e.g. the published 8,000
+# RUNS_ONLY=1: the training runs alone (steps 1 and 4, step 2's short tests alongside the runs), for runs of up to 8.6 minutes, e.g. the published 8,000
 # updates: GRID="en-de:1.8:0.3:16384 de-en:1.8:0.3:16384" TRAIN_MINUTES=8.6 EXTRA="--max_steps 8000" RUNS_ONLY=1
 # (H200, 2026-11-27: both done in 7.1 minutes of training, 508 s for the whole call). The paper's bias-free
 # projections against the biased ones at 8,000 updates (at 1,457 CPU updates each won one of two seeds, README):
@@ -67,9 +68,12 @@ torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() el
 transformers.__version__, '| datasets', datasets.__version__, '| pyarrow', pyarrow.__version__)"
 } 2>&1 | tee -a "$CHECKS"
 
-if [ -z "$RUNS_ONLY" ]; then
+cuda_tests() { timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 15; }
+if [ -n "$RUNS_ONLY" ]; then
+    cuda_tests >/tmp/cuda_tests.txt &  # a few seconds of a GPU the tiny runs leave mostly idle
+else
     stamp "tests on CUDA"
-    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 15 | tee -a "$CHECKS"
+    cuda_tests | tee -a "$CHECKS"
 
     stamp "base training at the paper's 25000-token batches"
     base_25k=(python3 benchmarks/benchmark.py --device cuda --bf16 --presets base --token_budget 25000
@@ -94,9 +98,9 @@ mkdir -p "$RUNS"
 # Two loader workers per run: fetching and collating a 16384-token batch (~1,300 sentences) takes ~35 ms on our
 # 2-core CPU, half of a tiny run's GPU step (~70 ms, 2026-11-27) when the main process does it between steps.
 for run in $GRID; do
-    IFS=: read -r pair scale dropout max_tokens bias <<<"$run"
+    IFS=: read -r pair scale dropout max_tokens bias vocab <<<"$run"
     max_tokens=${max_tokens:-4096}
-    name="tiny-$pair-lr$scale${dropout:+-drop$dropout}-tok$max_tokens${bias:+-bias}"
+    name="tiny-$pair-lr$scale${dropout:+-drop$dropout}-tok$max_tokens${bias:+-bias}${vocab:+-bpe$vocab}"
     # shellcheck disable=SC2086  # EXTRA holds several flags
     python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision "$PRECISION" \
         --dynamo_backend no scripts/train.py --preset tiny --dataset "$DATA" \
@@ -105,12 +109,13 @@ for run in $GRID; do
         --max_train_minutes "$TRAIN_MINUTES" --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 10 \
         --average_last 10 --eval_strategy no --logging_steps 200 --per_device_eval_batch_size 250 \
         --dataloader_num_workers 2 --dataloader_persistent_workers true \
-        ${dropout:+--dropout $dropout} ${bias:+--attention_bias true} $precision_flag --seed 1 --disable_tqdm true \
+        ${dropout:+--dropout $dropout} ${bias:+--attention_bias true} ${vocab:+--vocab_size $vocab} $precision_flag --seed 1 --disable_tqdm true \
         --report_to none $EXTRA \
         >"$RUNS/$name.log" 2>&1 &
 done
 wait
 stamp "runs done"
+[ -n "$RUNS_ONLY" ] && { echo "tests on CUDA (alongside the runs):"; cat /tmp/cuda_tests.txt; } | tee -a "$CHECKS"
 python3 scripts/compare_runs.py "$RUNS"/tiny-*/ --best_json "$RUNS/best.json" >"$OUT/multi30k.md" 2>>"$CHECKS"
 cat "$OUT/multi30k.md" | tee -a "$CHECKS"
 grep -h "Token-budget\|train_runtime\|Error" "$RUNS"/*.log | cut -c1-300 >>"$CHECKS"
