@@ -91,7 +91,7 @@ def test_label_smoothed_loss_and_its_gradient_on_cuda_equal_cpu(dtype):
     labels[::7] = -100
     results = {}
     for device in ("cpu", "cuda"):
-        leaf = logits.to(device).requires_grad_(True)
+        leaf = logits.detach().to(device).requires_grad_(True)  # a leaf on each device
         loss, nll, ntokens = label_smoothed_nll_loss(leaf, labels.to(device), epsilon=0.1)
         (loss / ntokens).backward()
         results[device] = (loss.detach().cpu(), nll.detach().cpu(), leaf.grad.cpu())
