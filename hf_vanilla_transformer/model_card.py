@@ -23,10 +23,18 @@ PUBLISHED = {
     ("de", "en"): "36.5 BLEU of a popular tutorial Transformer with its own tokenisation (not directly comparable)",
 }
 
-DEPARTURES = """\
+ARCHITECTURE = """\
 - Architecture: exactly §3 of the paper (post-LN, sinusoidal positions, ReLU FFN, embeddings scaled by
   sqrt(d_model) and shared three ways, attention projections W^Q, W^K, W^V, W^O without biases). The output
-  projection has no bias (it is the tied embedding).
+  projection has no bias (it is the tied embedding)."""
+
+ARCHITECTURE_WITH_BIASES = """\
+- Architecture: §3 of the paper (post-LN, sinusoidal positions, ReLU FFN, embeddings scaled by sqrt(d_model) and
+  shared three ways), except that the attention projections W^Q, W^K, W^V, W^O carry biases, as fairseq's and
+  Marian's do (`--attention_bias true`; the paper's have none). The output projection has no bias (it is the
+  tied embedding)."""
+
+DEPARTURES = """\
 - Initialisation (not given in the paper): Xavier-uniform projections, embeddings N(0, d_model^-0.5).
 - Decoding: beam 4, GNMT length penalty ((5+|Y|)/6)^0.6 (transformers' own `length_penalty` divides by |Y|^alpha,
   which is not the paper's), maximum output length = source length + 50, and a sentence's search ends once no
@@ -134,6 +142,7 @@ Checkpoints and settings were chosen on `val` only.
 
 ## Departures from the paper
 
+{ARCHITECTURE_WITH_BIASES if config.get("attention_bias", True) else ARCHITECTURE}
 {DEPARTURES}
 
 ## Data and licence

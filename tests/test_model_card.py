@@ -67,3 +67,21 @@ def test_a_resumed_runs_card_says_its_time_is_the_last_runs(model_dir):
     card = ModelCard.load(write_model_card(model_dir, RESULTS | {"training": training}))
     assert "(the last run of the command only: it resumed the training at update 300)" in card.text
     assert "the last run of the command only" not in ModelCard.load(write_model_card(model_dir, RESULTS)).text
+
+
+@pytest.mark.parametrize("attention_bias", [False, True])
+def test_the_card_says_whether_the_attention_projections_carry_biases(tmp_path, attention_bias):
+    VanillaTransformerConfig.from_preset("tiny", vocab_size=8000, attention_bias=attention_bias).save_pretrained(
+        tmp_path
+    )
+    text = ModelCard.load(write_model_card(tmp_path, RESULTS)).text
+    assert ("W^Q, W^K, W^V, W^O without biases" in text) is not attention_bias
+    assert ("W^Q, W^K, W^V, W^O carry biases" in text) is attention_bias
+
+
+def test_a_card_for_a_config_from_before_attention_bias_says_biases(model_dir):
+    """Configs saved before the field existed describe models with biases (see `VanillaTransformerConfig`)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    del config["attention_bias"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert "W^Q, W^K, W^V, W^O carry biases" in ModelCard.load(write_model_card(model_dir, RESULTS)).text
