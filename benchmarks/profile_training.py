@@ -11,7 +11,8 @@ for the CPU, unless the step itself waits for the device (a `.item()`, indexing 
 device time per step of torch.profiler tells, which also lists the operators by the time they take themselves on
 the device (on a CPU: the CPU).
 `--sdpa_backend` makes every attention use one of torch's scaled-dot-product kernels, for comparing them: on an
-H200 cuDNN's, chosen by default, took 30% of the base step at Multi30k's sentence lengths (benchmarks/RESULTS.md).
+H200 cuDNN's, torch's choice, took 30-34% of the base step at Multi30k's sentence lengths, and the memory-efficient
+ones, which our model now tries first in CUDA training, about half that (benchmarks/RESULTS.md).
 """
 
 import argparse
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--profiled_steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=30, help="operators listed")
     parser.add_argument(
-        "--sdpa_backend", choices=SDPA_BACKENDS, default=None, help="attention kernel (default: torch's choice)"
+        "--sdpa_backend", choices=SDPA_BACKENDS, default=None, help="attention kernel (default: the model's choice)"
     )
     parser.add_argument("--output_md", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     report = (
         f"# One training step of {args.model} ({size}) on {args.device}"
         f"{', bf16 autocast' if args.bf16 else ''}, {args.token_budget} target tokens per batch, "
-        f"attention: {args.sdpa_backend or 'torch’s choice'}\n\n"
+        f"attention: {args.sdpa_backend or 'the model’s choice'}\n\n"
         f"Medians of {args.reps} steps: {times['queued_ms']:.1f} ms to queue a step, {times['wall_ms']:.1f} ms "
         f"until its last kernel has run; {tflops:.1f} TFLOP/s over all"
         + (f", MFU {100 * tflops / peak:.1f}%" if peak else "")

@@ -10,6 +10,7 @@ its configuration (flat relative import).
 Shape letters: B batch, S source length, T target length, H heads, D head dim, C = d_model, V vocabulary.
 """
 
+import contextlib
 import math
 import shutil
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin, LogitsProcessor, LogitsProcessorList
@@ -133,6 +135,26 @@ def dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tens
         return nn.functional.dropout(hidden_states, p=p, training=True)
     bits = torch.empty(hidden_states.shape, dtype=torch.int32, device=hidden_states.device).random_()  # [0, 2^31)
     return torch.where(bits < round((1 - p) * 2**31), hidden_states * (1 / (1 - p)), 0.0)
+
+
+# Training on a GPU, torch's choice for masked attention is cuDNN's flash kernels; at translation's short sentences
+# the memory-efficient (cutlass) kernels take about half their time: a base training step at 25,000 tokens 6-11%
+# faster on an H200 (`benchmarks/RESULTS.md`). Each kernel comes with torch's test of whether it is enabled.
+_CUDA_TRAINING_ATTENTION = (
+    (SDPBackend.EFFICIENT_ATTENTION, torch.backends.cuda.mem_efficient_sdp_enabled),
+    (SDPBackend.CUDNN_ATTENTION, torch.backends.cuda.cudnn_sdp_enabled),
+    (SDPBackend.FLASH_ATTENTION, torch.backends.cuda.flash_sdp_enabled),
+    (SDPBackend.MATH, torch.backends.cuda.math_sdp_enabled),
+)
+
+
+def _attention_kernels(device: torch.device, training: bool) -> contextlib.AbstractContextManager:
+    """In CUDA training, the memory-efficient SDPA kernels first: an order among the kernels enabled, which the caller
+    may have narrowed (`torch.nn.attention.sdpa_kernel`); torch takes the next where one cannot run. Entered around
+    each attention, so that gradient checkpointing's recomputation picks the same kernel."""
+    if device.type != "cuda" or not training:
+        return contextlib.nullcontext()
+    return sdpa_kernel([kernel for kernel, enabled in _CUDA_TRAINING_ATTENTION if enabled()], set_priority=True)
 
 
 def _unpacked(hidden_states: torch.Tensor, tokens: PackedTokens | None) -> torch.Tensor:
@@ -255,15 +277,16 @@ class VanillaTransformerAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        output, weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.dropout if self.training else 0.0,
-            scaling=self.scaling,
-        )
+        with _attention_kernels(query.device, self.training):
+            output, weights = attention_interface(
+                self,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=self.dropout if self.training else 0.0,
+                scaling=self.scaling,
+            )
         if rows_per_source > 1 and weights is not None:
             weights = _ungroup_weights(weights, rows_per_source)
         output = output.reshape(batch, length, -1)  # (B, T, C); from (B, k*T, H, D) too, the same memory order

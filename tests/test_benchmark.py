@@ -267,7 +267,7 @@ def test_profile_reports_queue_and_wall_times_and_the_operators_of_a_step(tmp_pa
 def test_profile_with_one_sdpa_backend_runs_that_kernel_alone():
     args = ["--preset", MICRO, "--vocab_size", "64", "--token_budget", "200", "--reps", "1", "--profiled_steps", "1"]
     chosen = profile_training.main([*args, "--rows", "200"])
-    assert "attention: torch’s choice" in chosen and "_scaled_dot_product_flash_attention_for_cpu" in chosen
+    assert "attention: the model’s choice" in chosen and "_scaled_dot_product_flash_attention_for_cpu" in chosen
     math = profile_training.main([*args, "--rows", "200", "--sdpa_backend", "math"])
     assert "attention: math" in math
     assert "_scaled_dot_product_attention_math" in math and "flash_attention" not in math

@@ -106,3 +106,32 @@ def test_dropout_on_cuda_is_torchs(monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "dropout", lambda x, p, training: calls.append(p) or x)
     hidden = torch.ones(4, 8, device="cuda")
     assert dropout(hidden, 0.3, training=True) is hidden and calls == [0.3]
+
+
+def attention_operators(model, batch: dict[str, torch.Tensor]) -> set[str]:
+    """The attention operators a training step (forward and backward, bf16 autocast) runs."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**on("cuda", batch)).loss
+        loss.backward()
+    return {event.key for event in profile.key_averages() if "_attention_" in event.key}
+
+
+def test_cuda_training_runs_the_memory_efficient_attention_kernels(batch):
+    """`_attention_kernels` puts them first for the padded, causal and cross attentions of a training step."""
+    model = make_tiny_model(d_model=64).to("cuda").train()  # head dim 16: every kernel can take it
+    operators = attention_operators(model, batch)
+    assert {"aten::_efficient_attention_forward", "aten::_efficient_attention_backward"} <= operators
+    assert not any("cudnn" in name or "flash" in name for name in operators)
+
+
+def test_cuda_gradient_checkpointing_recomputes_with_the_same_attention_kernels(batch):
+    """The recomputed forward must pick the kernels of the first, or checkpointing finds other saved tensors."""
+    grads = []
+    for checkpointing in (False, True):
+        model = make_tiny_model(d_model=64, dropout=0.0).to("cuda").train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model(**on("cuda", batch)).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)

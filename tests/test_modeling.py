@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, make_tiny_model, randomize_attention_biases
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from hf_vanilla_transformer.modeling_vanilla_transformer import PackedTokens, dropout, shift_tokens_right
+from hf_vanilla_transformer.modeling_vanilla_transformer import (
+    _CUDA_TRAINING_ATTENTION,
+    PackedTokens,
+    _attention_kernels,
+    dropout,
+    shift_tokens_right,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import count_operators  # noqa: E402
@@ -318,6 +325,30 @@ def test_eager_and_sdpa_agree(batch):
     torch.testing.assert_close(eager(**batch).logits, sdpa(**batch).logits, atol=1e-5, rtol=1e-4)
     generated = [m.generate(**{k: batch[k] for k in ("input_ids", "attention_mask")}) for m in (eager, sdpa)]
     assert torch.equal(*generated)
+
+
+def sdpa_kernels() -> list[SDPBackend]:
+    """The SDPA kernels enabled, in the order torch tries them."""
+    order = torch._C._get_sdp_priority_order()
+    enabled = [kernel for kernel, is_enabled in _CUDA_TRAINING_ATTENTION if is_enabled()]
+    return sorted(enabled, key=lambda kernel: order.index(int(kernel)))
+
+
+def test_cuda_training_tries_the_memory_efficient_attention_kernels_first():
+    before = sdpa_kernels()
+    with _attention_kernels(torch.device("cuda"), training=True):
+        inside = sdpa_kernels()
+    assert inside[0] == SDPBackend.EFFICIENT_ATTENTION and set(inside) == set(before)  # an order, no more
+    assert sdpa_kernels() == before
+    for device, training in [("cuda", False), ("cpu", True)]:
+        with _attention_kernels(torch.device(device), training):
+            assert sdpa_kernels() == before
+
+
+def test_the_attention_kernel_order_keeps_a_callers_choice():
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]):
+        with _attention_kernels(torch.device("cuda"), training=True):
+            assert set(sdpa_kernels()) == {SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH}
 
 
 @pytest.mark.slow  # compiles kernels for a minute; torch 2.13's CPU flex kernel also fails on 1-token decoding

@@ -63,7 +63,7 @@ def test_save_pretrained_writes_a_complete_repo(tmp_path):
     modeling = (tmp_path / "modeling_vanilla_transformer.py").read_text()
     imported = {line.split()[1] for line in modeling.splitlines() if line.startswith(("import ", "from "))}
     top_level = {name if name.startswith(".") else name.split(".")[0] for name in imported}
-    assert top_level == {"math", "shutil", "collections", "pathlib", "torch", "transformers"} | {
+    assert top_level == {"contextlib", "math", "shutil", "collections", "pathlib", "torch", "transformers"} | {
         ".configuration_vanilla_transformer"
     }
 
