@@ -151,8 +151,9 @@ _CUDA_TRAINING_ATTENTION = (
 def _attention_kernels(device: torch.device, training: bool) -> contextlib.AbstractContextManager:
     """In CUDA training, the memory-efficient SDPA kernels first: an order among the kernels enabled, which the caller
     may have narrowed (`torch.nn.attention.sdpa_kernel`); torch takes the next where one cannot run. Entered around
-    each attention, so that gradient checkpointing's recomputation picks the same kernel."""
-    if device.type != "cuda" or not training:
+    each attention, so that gradient checkpointing's recomputation picks the same kernel. Not under `torch.compile`,
+    which cannot trace the tests of which kernels are enabled (a graph break at every attention)."""
+    if device.type != "cuda" or not training or torch.compiler.is_compiling():
         return contextlib.nullcontext()
     return sdpa_kernel([kernel for kernel, enabled in _CUDA_TRAINING_ATTENTION if enabled()], set_priority=True)
 

@@ -351,6 +351,19 @@ def test_the_attention_kernel_order_keeps_a_callers_choice():
             assert set(sdpa_kernels()) == {SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH}
 
 
+def test_the_attention_kernel_order_leaves_torch_compile_one_graph():
+    """Dynamo cannot trace the tests of which kernels are enabled: compiled, the model keeps torch's choice."""
+
+    def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        with _attention_kernels(torch.device("cuda"), training=True):
+            return torch.nn.functional.scaled_dot_product_attention(query, key, value)
+
+    torch._dynamo.reset()
+    query, key, value = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
+    compiled = torch.compile(attend, fullgraph=True, backend="eager")  # fails on a graph break
+    torch.testing.assert_close(compiled(query, key, value), attend(query, key, value))
+
+
 @pytest.mark.slow  # compiles kernels for a minute; torch 2.13's CPU flex kernel also fails on 1-token decoding
 def test_eager_and_flex_attention_agree_on_a_forward(batch):
     eager, flex = make_tiny_model(attn_implementation="eager"), make_tiny_model(attn_implementation="flex_attention")
