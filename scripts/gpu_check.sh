@@ -28,9 +28,10 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 DATA=${DATA:-.data/multi30k}
 TRAIN_MINUTES=${TRAIN_MINUTES:-5}
-# GRID: the runs, "pair:lr_scale[:dropout[:max_tokens[:bias[:vocab]]]] ..." (dropout: the preset's 0.3; max_tokens:
-# 4096; "bias": attention projections with biases, fairseq's and our checkpoints' before 2026-11-27, not the paper's;
-# vocab: the joint BPE's size, train.py's 10000, e.g. "en-de:1.8:0.3:16384::8000" for the CPU runs' 8000).
+# GRID: the runs, "pair:lr_scale[:dropout[:max_tokens[:bias[:vocab[:seed]]]]] ..." (dropout: the preset's 0.3;
+# max_tokens: 4096; "bias": attention projections with biases, fairseq's and our checkpoints' before 2026-11-27, not
+# the paper's; vocab: the joint BPE's size, train.py's 10000, e.g. "en-de:1.8:0.3:16384::8000" for the CPU runs'
+# 8000; seed: 1, e.g. "en-de:1.8:0.3:16384:bias::2" for a second seed of the chosen En->De recipe).
 # A tiny run's step on the GPU is bound by its process, not the GPU: 16384-token batches cost little more than
 # 4096. En->De scored best on val with dropout 0.3, 16384 tokens and lr_scale 1.8 (2026-11-27, README); the
 # default grid trains De->En and En->Fr with it too (three runs make 13-16 updates/s each).
@@ -98,9 +99,11 @@ mkdir -p "$RUNS"
 # Two loader workers per run: fetching and collating a 16384-token batch (~1,300 sentences) takes ~35 ms on our
 # 2-core CPU, half of a tiny run's GPU step (~70 ms, 2026-11-27) when the main process does it between steps.
 for run in $GRID; do
-    IFS=: read -r pair scale dropout max_tokens bias vocab <<<"$run"
+    IFS=: read -r pair scale dropout max_tokens bias vocab seed <<<"$run"
     max_tokens=${max_tokens:-4096}
+    seed=${seed:-1}
     name="tiny-$pair-lr$scale${dropout:+-drop$dropout}-tok$max_tokens${bias:+-bias}${vocab:+-bpe$vocab}"
+    [ "$seed" = 1 ] || name="$name-seed$seed"
     # shellcheck disable=SC2086  # EXTRA holds several flags
     python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision "$PRECISION" \
         --dynamo_backend no scripts/train.py --preset tiny --dataset "$DATA" \
@@ -109,7 +112,7 @@ for run in $GRID; do
         --max_train_minutes "$TRAIN_MINUTES" --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 10 \
         --average_last 10 --eval_strategy no --logging_steps 200 --per_device_eval_batch_size 250 \
         --dataloader_num_workers 2 --dataloader_persistent_workers true \
-        ${dropout:+--dropout $dropout} ${bias:+--attention_bias true} ${vocab:+--vocab_size $vocab} $precision_flag --seed 1 --disable_tqdm true \
+        ${dropout:+--dropout $dropout} ${bias:+--attention_bias true} ${vocab:+--vocab_size $vocab} $precision_flag --seed "$seed" --disable_tqdm true \
         --report_to none $EXTRA \
         >"$RUNS/$name.log" 2>&1 &
 done
