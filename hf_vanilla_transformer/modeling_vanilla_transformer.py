@@ -139,23 +139,20 @@ def dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tens
 
 # Training on a GPU, torch's choice for masked attention is cuDNN's flash kernels; at translation's short sentences
 # the memory-efficient (cutlass) kernels take about half their time: a base training step at 25,000 tokens 6-11%
-# faster on an H200 (`benchmarks/RESULTS.md`). Each kernel comes with torch's test of whether it is enabled.
-_CUDA_TRAINING_ATTENTION = (
-    (SDPBackend.EFFICIENT_ATTENTION, torch.backends.cuda.mem_efficient_sdp_enabled),
-    (SDPBackend.CUDNN_ATTENTION, torch.backends.cuda.cudnn_sdp_enabled),
-    (SDPBackend.FLASH_ATTENTION, torch.backends.cuda.flash_sdp_enabled),
-    (SDPBackend.MATH, torch.backends.cuda.math_sdp_enabled),
-)
-
-
+# faster on an H200 (`benchmarks/RESULTS.md`).
 def _attention_kernels(device: torch.device, training: bool) -> contextlib.AbstractContextManager:
-    """In CUDA training, the memory-efficient SDPA kernels first: an order among the kernels enabled, which the caller
-    may have narrowed (`torch.nn.attention.sdpa_kernel`); torch takes the next where one cannot run. Entered around
-    each attention, so that gradient checkpointing's recomputation picks the same kernel. Not under `torch.compile`,
-    which cannot trace the tests of which kernels are enabled (a graph break at every attention)."""
+    """In CUDA training, the memory-efficient SDPA kernels first, the others enabled after them in torch's order (a
+    caller's `torch.nn.attention.sdpa_kernel` narrowing is kept); torch takes the next where one cannot run. Entered
+    around each attention, so that gradient checkpointing's recomputation picks the same kernel. Not under
+    `torch.compile`, which cannot trace the reading of which kernels are enabled (a graph break at every attention)."""
     if device.type != "cuda" or not training or torch.compiler.is_compiling():
         return contextlib.nullcontext()
-    return sdpa_kernel([kernel for kernel, enabled in _CUDA_TRAINING_ATTENTION if enabled()], set_priority=True)
+    # torch's own reading of the enabled kernels: no public function covers them all (OVERRIDEABLE has none)
+    enabled = torch.nn.attention._cur_sdpa_kernel_backends(with_priority=True)
+    first = SDPBackend.EFFICIENT_ATTENTION
+    if first not in enabled:
+        return contextlib.nullcontext()
+    return sdpa_kernel([first, *(kernel for kernel in enabled if kernel != first)], set_priority=True)
 
 
 def _unpacked(hidden_states: torch.Tensor, tokens: PackedTokens | None) -> torch.Tensor:
