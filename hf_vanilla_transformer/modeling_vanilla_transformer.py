@@ -155,6 +155,21 @@ def _attention_kernels(device: torch.device, training: bool) -> contextlib.Abstr
     return sdpa_kernel([first, *(kernel for kernel in enabled if kernel != first)], set_priority=True)
 
 
+# SDPA's CPU kernel pays a fixed cost per call that small score matrices do not repay. With at most 1024 scores per
+# head (queries x keys: a decoding step of one query, or of a sentence's beams grouped, over a Multi30k source; an
+# encoder of sentences up to 32 tokens), two matrix products and a softmax ran 1.01-5.3x faster than it on 2 cores
+# (queries 1-64, keys 16-256, heads of 32 and 64); with more, mostly slower (0.35-1.27x; 0.23x for 400-token
+# encoders): `benchmarks/RESULTS.md`. Not in training, where SDPA's backward keeps no (T, S) attention weights.
+MATMUL_ATTENTION_MAX_SCORES = 1024
+
+
+def _cpu_inference_attention(query: torch.Tensor, key: torch.Tensor, training: bool) -> bool:
+    """Whether attention under `attn_implementation="sdpa"` runs as `eager_attention_forward`: in eager CPU
+    inference, at most `MATMUL_ATTENTION_MAX_SCORES` scores per head and sentence."""
+    scores = query.shape[-2] * key.shape[-2]
+    return not training and _on_eager_cpu(query.device) and scores <= MATMUL_ATTENTION_MAX_SCORES
+
+
 def _unpacked(hidden_states: torch.Tensor, tokens: PackedTokens | None) -> torch.Tensor:
     return hidden_states if tokens is None else tokens.unpack(hidden_states)
 
@@ -195,9 +210,17 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scaled dot-product attention, §3.2.1: Attention(Q, K, V) = softmax(QK^T / sqrt(d_k)) V."""
+    """Scaled dot-product attention, §3.2.1: Attention(Q, K, V) = softmax(QK^T / sqrt(d_k)) V.
+
+    Takes the eager masks (float, -inf where masked) and SDPA's (bool, True where attending; None for
+    `module.is_causal` attention over several queries, as SDPA's `is_causal`): see `_cpu_inference_attention`.
+    """
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
-    if attention_mask is not None:
+    if attention_mask is None and module.is_causal and query.shape[2] > 1:
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)  # as eager masks: no NaN rows
+    elif attention_mask is not None:
         scores = scores + attention_mask  # -inf where masked (padding, or future positions in the decoder)
     weights = nn.functional.softmax(scores, dim=-1)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
@@ -272,8 +295,10 @@ class VanillaTransformerAttention(nn.Module):
             if attention_mask is not None:
                 attention_mask = attention_mask[:, :, :1]  # a padding mask: the same row for every query
 
+        implementation = self.config._attn_implementation
+        substituted = implementation == "sdpa" and _cpu_inference_attention(query, key, self.training)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+            "eager" if substituted else implementation, eager_attention_forward
         )
         with _attention_kernels(query.device, self.training):
             output, weights = attention_interface(
@@ -285,6 +310,8 @@ class VanillaTransformerAttention(nn.Module):
                 dropout=self.dropout if self.training else 0.0,
                 scaling=self.scaling,
             )
+        if substituted:
+            weights = None  # as SDPA's: the weights are returned by attn_implementation="eager" only
         if rows_per_source > 1 and weights is not None:
             weights = _ungroup_weights(weights, rows_per_source)
         output = output.reshape(batch, length, -1)  # (B, T, C); from (B, k*T, H, D) too, the same memory order

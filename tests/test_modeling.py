@@ -12,9 +12,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
+    MATMUL_ATTENTION_MAX_SCORES,
     PackedTokens,
     _attention_kernels,
     dropout,
+    eager_attention_forward,
     shift_tokens_right,
 )
 
@@ -98,9 +100,9 @@ def test_training_skips_padding_with_the_same_loss_and_gradients(batch, labels, 
 
 
 def matrix_products(model, batch) -> int:
-    """The matrix products a forward pass runs (a Linear is one mm, or one addmm with a bias); sdpa has none."""
+    """The projections' matrix products in a forward pass: a Linear is one mm, or one addmm with a bias (attention's
+    own products, where it runs them, are batched: bmm)."""
     counts = count_operators.operator_counts(model, **batch)
-    assert counts["bmm"] == 0
     return counts["addmm"] + counts["mm"]
 
 
@@ -324,6 +326,50 @@ def test_eager_and_sdpa_agree(batch):
     torch.testing.assert_close(eager(**batch).logits, sdpa(**batch).logits, atol=1e-5, rtol=1e-4)
     generated = [m.generate(**{k: batch[k] for k in ("input_ids", "attention_mask")}) for m in (eager, sdpa)]
     assert torch.equal(*generated)
+
+
+@pytest.mark.parametrize(("queries", "is_causal"), [(5, False), (5, True), (1, True)])
+def test_eager_attention_takes_sdpas_masks(queries, is_causal):
+    """What it gets in CPU inference under sdpa: SDPA's boolean masks (True attends), or none where SDPA would be
+    told `is_causal` (several queries of a causal module; one query sees every key)."""
+    torch.manual_seed(0)
+    query, key, value = torch.randn(3, 4, queries, 8), torch.randn(3, 4, 5, 8), torch.randn(3, 4, 5, 8)
+    padding = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)[:, None, None]
+    module = torch.nn.Module()
+    module.is_causal = is_causal
+    for mask in (None, padding):
+        output, _ = eager_attention_forward(module, query, key, value, mask, scaling=8**-0.5)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, is_causal=is_causal and mask is None and queries > 1
+        )
+        torch.testing.assert_close(output, expected.transpose(1, 2))
+
+
+def attention_kernels_run(model, **inputs) -> tuple[int, int]:
+    """(SDPA's CPU kernel, two batched products) per attention in a forward pass."""
+    counts = count_operators.operator_counts(model, **inputs)
+    assert counts["bmm"] == 2 * counts["_softmax"]
+    return counts["_scaled_dot_product_flash_attention_for_cpu"], counts["_softmax"]
+
+
+def test_cpu_inference_attends_with_matrix_products_and_training_with_sdpas_kernel(batch):
+    """Under sdpa on CPU: at Multi30k lengths two batched products a head in inference, SDPA's kernel in training."""
+    model = make_tiny_model(attn_implementation="sdpa")
+    attentions = TINY["encoder_layers"] + 2 * TINY["decoder_layers"]
+    assert attention_kernels_run(model, **batch) == (0, attentions)
+    assert model.model.encoder.layers[0].self_attn(torch.randn(1, 3, TINY["d_model"]))[1] is None  # as SDPA's
+    assert attention_kernels_run(model.train(), **batch) == (attentions, 0)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_cpu_inference_keeps_sdpas_kernel_for_large_score_matrices():
+    """Above MATMUL_ATTENTION_MAX_SCORES queries x keys a head, SDPA's kernel is the faster."""
+    model = make_tiny_model(attn_implementation="sdpa")
+    source, target = 45, 30  # encoder 45 x 45 and cross-attention 30 x 45 above 1024, decoder 30 x 30 below
+    assert source * target > MATMUL_ATTENTION_MAX_SCORES >= target * target
+    inputs = {"input_ids": torch.randint(3, 99, (1, source)), "decoder_input_ids": torch.randint(3, 99, (1, target))}
+    layers = TINY["decoder_layers"]
+    assert attention_kernels_run(model, **inputs) == (TINY["encoder_layers"] + layers, layers)
 
 
 def sdpa_kernels() -> list[SDPBackend]:
