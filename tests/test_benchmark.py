@@ -15,6 +15,7 @@ from hf_vanilla_transformer.batching import least_padded_sort
 from hf_vanilla_transformer.modeling_vanilla_transformer import sinusoids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import attention_shapes  # noqa: E402
 import benchmark  # noqa: E402
 import count_operators  # noqa: E402
 import profile_training  # noqa: E402
@@ -337,3 +338,31 @@ def test_operator_count_report_lists_the_most_frequent_and_refuses_no_rows():
     assert len(table) == 5  # header, rule, all, the 2 most frequent operators
     with pytest.raises(ValueError, match="--rows must be a positive integer, got 0"):
         count_operators.main(["--preset", MICRO, "--rows", "0"])
+
+
+def test_attention_shapes_times_each_cell_and_marks_where_the_model_runs_matrix_products(tmp_path, capsys):
+    md_path = tmp_path / "shapes.md"
+    args = ["--queries", "1", "300", "--keys", "4", "--presets", "tiny", "--rows", "2", "--reps", "1"]
+    grid = attention_shapes.main([*args, "--output_md", str(md_path)])
+    config = VanillaTransformerConfig.from_preset("tiny")
+    name = f"tiny: {config.encoder_attention_heads} heads of {config.d_model // config.encoder_attention_heads}"
+    assert list(grid) == [name] and list(grid[name]) == [(1, 4), (300, 4)]
+    assert all(ratio > 0 for ratio in grid[name].values())
+    table = md_path.read_text()
+    assert table == capsys.readouterr().out.rstrip("\n") + "\n"
+    assert f"| 1 | {grid[name][1, 4]:.2f}* |" in table  # 4 scores a head: the model's matrix products
+    assert f"| 300 | {grid[name][300, 4]:.2f} |" in table  # 1200 > MATMUL_ATTENTION_MAX_SCORES: SDPA's kernel
+
+
+def test_attention_shapes_ab_of_generate_pairs_each_timing_of_the_rule_with_one_of_sdpa(capsys):
+    speedups = attention_shapes.main(["--generate", "tiny", "--generate_reps", "2"])
+    result = speedups["tiny"]
+    assert list(speedups) == ["tiny"] and 0 < result["min"] <= result["median"] <= result["max"]
+    assert 0 <= result["faster"] <= 2
+    assert f"tiny: beam-4 generate() {result['median']:.3f}x faster with the rule" in capsys.readouterr().out
+
+
+def test_attention_shapes_rejects_empty_shapes(capsys):
+    with pytest.raises(SystemExit):
+        attention_shapes.main(["--rows", "0"])
+    assert "--queries, --keys, --rows, --reps and --generate_reps must be positive integers" in capsys.readouterr().err

@@ -1,0 +1,159 @@
+"""Inference attention on the CPU: SDPA's kernel against two matrix products and a softmax, over a grid of shapes.
+
+    python benchmarks/attention_shapes.py                       # queries 1-64 x keys 16-256, tiny's and base's heads
+    python benchmarks/attention_shapes.py --queries 1 4 --keys 32 400 --presets base --output_md shapes.md
+    python benchmarks/attention_shapes.py --generate tiny small --generate_reps 30     # the rule, end to end
+
+Each cell is SDPA's time over `eager_attention_forward`'s (above 1: the matrix products are faster) for one
+attention call of the shape: `--rows` rows (decoder rows, or sentences whose beams are grouped into its queries)
+of the preset's heads, a boolean padding mask as the model passes in inference, the two timed alternately.
+It chose `MATMUL_ATTENTION_MAX_SCORES` (`hf_vanilla_transformer/modeling_vanilla_transformer.py`): the largest
+queries x keys at which the products won everywhere.
+
+`--generate PRESET ...` measures the rule end to end: our model's `generate()` (beam 4, the paper's scoring) on
+32 random sentences of 10-30 tokens, outputs forced to 40 tokens as in `benchmark.py`, with the rule and with SDPA's
+kernel for every attention, alternately; the ratio of each adjacent pair of timings, whose median it reports,
+cancels the machine's slower drift. The two must give the same tokens (checked).
+"""
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from transformers import LogitsProcessorList
+
+from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer import modeling_vanilla_transformer as modeling
+from hf_vanilla_transformer.modeling_vanilla_transformer import MATMUL_ATTENTION_MAX_SCORES, eager_attention_forward
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark  # noqa: E402
+
+
+def seconds_per_call(function, reps: int) -> float:
+    function()  # warm-up: the first call allocates
+    start = time.perf_counter()
+    for _ in range(reps):
+        function()
+    return (time.perf_counter() - start) / reps
+
+
+def sdpa_over_matmul(rows: int, heads: int, queries: int, keys: int, head_dim: int, reps: int) -> float:
+    """SDPA's time / the matrix products' time for one inference attention of this shape."""
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(rows, heads, queries, head_dim, generator=generator)
+    key, value = (torch.randn(rows, heads, keys, head_dim, generator=generator) for _ in range(2))
+    mask = torch.ones(rows, 1, 1, keys, dtype=torch.bool)
+    mask[: rows // 2, ..., keys - keys // 8 :] = False  # half the rows padded
+    module = torch.nn.Module()
+    module.is_causal = False
+    times = {"sdpa": 0.0, "matmul": 0.0}
+    with torch.inference_mode():
+        for _ in range(2):  # alternated, so that drift of the machine hits both
+            times["sdpa"] += seconds_per_call(lambda: F.scaled_dot_product_attention(query, key, value, mask), reps)
+            times["matmul"] += seconds_per_call(
+                lambda: eager_attention_forward(module, query, key, value, mask, head_dim**-0.5), reps
+            )
+    return times["sdpa"] / times["matmul"]
+
+
+def generate_speedup(preset: str, reps: int) -> dict[str, float]:
+    """Beam-4 `generate()` with the model's rule against SDPA's kernel everywhere: median and range of the
+    paired time ratios (SDPA's / the rule's, above 1: the rule is faster)."""
+    generator = torch.Generator().manual_seed(0)
+    config = VanillaTransformerConfig.from_preset(preset, vocab_size=10000)
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(config).eval()
+    input_ids = benchmark.pad(benchmark.random_sentences(32, config.vocab_size, generator))
+    kwargs = {"attention_mask": (input_ids != benchmark.PAD).long(), "max_new_tokens": 40}
+    kwargs["logits_processor"] = LogitsProcessorList([benchmark.SuppressEndOfSentence()])
+
+    def translate(rule: bool) -> tuple[float, torch.Tensor]:
+        sdpa_everywhere = mock.patch.object(modeling, "_cpu_inference_attention", lambda query, key, training: False)
+        with contextlib.nullcontext() if rule else sdpa_everywhere, torch.inference_mode():
+            start = time.perf_counter()
+            output = model.generate(input_ids, **kwargs)
+            return time.perf_counter() - start, output
+
+    outputs = {rule: translate(rule)[1] for rule in (True, False)}  # also the warm-up
+    if not torch.equal(outputs[True], outputs[False]):
+        raise RuntimeError(f"{preset}: the rule changed the translations")
+    ratios = []
+    for rep in range(reps):
+        order = (True, False) if rep % 2 == 0 else (False, True)
+        seconds = {rule: translate(rule)[0] for rule in order}
+        ratios.append(seconds[False] / seconds[True])
+    return {
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "faster": sum(r > 1 for r in ratios),
+    }
+
+
+def markdown(grid: dict[str, dict[tuple[int, int], float]], queries: Sequence[int], keys: Sequence[int]) -> str:
+    lines = [f"threads {torch.get_num_threads()}, torch {torch.__version__}; SDPA's time / the matrix products' time"]
+    for preset, cells in grid.items():
+        lines += ["", preset, "", "| queries \\ keys | " + " | ".join(map(str, keys)) + " |"]
+        lines.append("| ---: |" + " ---: |" * len(keys))
+        for q in queries:
+            marks = [f"{cells[q, k]:.2f}" + ("*" if q * k <= MATMUL_ATTENTION_MAX_SCORES else "") for k in keys]
+            lines.append(f"| {q} | " + " | ".join(marks) + " |")
+    lines += [
+        "",
+        f"*: queries x keys <= MATMUL_ATTENTION_MAX_SCORES ({MATMUL_ATTENTION_MAX_SCORES}), the products run",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
+    """The grid of ratios by preset and (queries, keys), or with --generate the end-to-end speed-ups by preset."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--queries", type=int, nargs="+", default=[1, 4, 16, 32, 64])
+    parser.add_argument("--keys", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "base"], help="whose heads (small's are base's)")
+    parser.add_argument("--rows", type=int, default=64, help="decoder rows, or sentences of grouped beams, per call")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--generate", nargs="+", default=[], metavar="PRESET", help="the end-to-end A/B instead")
+    parser.add_argument("--generate_reps", type=int, default=20)
+    parser.add_argument("--output_md", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if min([*args.queries, *args.keys, args.rows, args.reps, args.generate_reps]) < 1:
+        parser.error("--queries, --keys, --rows, --reps and --generate_reps must be positive integers")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.generate:
+        speedups = {preset: generate_speedup(preset, args.generate_reps) for preset in args.generate}
+        for preset, result in speedups.items():
+            print(
+                f"{preset}: beam-4 generate() {result['median']:.3f}x faster with the rule (median of "
+                f"{args.generate_reps} pairs; {result['min']:.2f}-{result['max']:.2f}x; faster in {result['faster']})"
+            )
+        return speedups
+    grid = {}
+    for preset in args.presets:
+        config = VanillaTransformerConfig.from_preset(preset)  # a clear error for an unknown preset
+        heads = config.encoder_attention_heads
+        head_dim = config.d_model // heads
+        grid[f"{preset}: {heads} heads of {head_dim}"] = {
+            (q, k): sdpa_over_matmul(args.rows, heads, q, k, head_dim, args.reps)
+            for q in args.queries
+            for k in args.keys
+        }
+    table = markdown(grid, args.queries, args.keys)
+    print(table)
+    if args.output_md:
+        args.output_md.write_text(table)
+    return grid
+
+
+if __name__ == "__main__":
+    main()
