@@ -212,16 +212,16 @@ def eager_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention, §3.2.1: Attention(Q, K, V) = softmax(QK^T / sqrt(d_k)) V.
 
-    Takes the eager masks (float, -inf where masked) and SDPA's (bool, True where attending; None for
+    Takes the eager masks (float, the dtype's minimum where masked) and SDPA's (bool, True where attending; None for
     `module.is_causal` attention over several queries, as SDPA's `is_causal`): see `_cpu_inference_attention`.
     """
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
     if attention_mask is None and module.is_causal and query.shape[2] > 1:
         attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
     if attention_mask is not None and attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)  # as eager masks: no NaN rows
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)  # as the eager masks' value
     elif attention_mask is not None:
-        scores = scores + attention_mask  # -inf where masked (padding, or future positions in the decoder)
+        scores = scores + attention_mask  # the minimum where masked (padding, or future positions in the decoder)
     weights = nn.functional.softmax(scores, dim=-1)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
