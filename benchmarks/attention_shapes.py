@@ -1,19 +1,20 @@
 """Inference attention on the CPU: SDPA's kernel against two matrix products and a softmax, over a grid of shapes.
 
-    python benchmarks/attention_shapes.py                       # queries 1-64 x keys 16-256, tiny's and base's heads
-    python benchmarks/attention_shapes.py --queries 1 4 --keys 32 400 --presets base --output_md shapes.md
+    python benchmarks/attention_shapes.py          # rows 1-128 x queries 1-64 x keys 16-256, tiny's and base's heads
+    python benchmarks/attention_shapes.py --rows 32 --queries 1 4 --keys 32 400 --presets base --output_md shapes.md
     python benchmarks/attention_shapes.py --generate tiny small --generate_reps 30     # the rule, end to end
 
 Each cell is SDPA's time over `eager_attention_forward`'s (above 1: the matrix products are faster) for one
-attention call of the shape: `--rows` rows (decoder rows, or sentences whose beams are grouped into its queries)
-of the preset's heads, a boolean padding mask as the model passes in inference, the two timed alternately.
-It chose `MATMUL_ATTENTION_MAX_SCORES` (`hf_vanilla_transformer/modeling_vanilla_transformer.py`): the largest
-queries x keys at which the products won everywhere.
+attention call of the shape: rows (decoder rows, or sentences whose beams are grouped into its queries) of the
+preset's heads, a boolean padding mask as the model passes in inference, the two timed alternately. `*` marks the
+shapes where the model runs the products (`_cpu_inference_attention` in
+`hf_vanilla_transformer/modeling_vanilla_transformer.py`, whose two limits this grid chose).
 
-`--generate PRESET ...` measures the rule end to end: our model's `generate()` (beam 4, the paper's scoring) on
-32 random sentences of 10-30 tokens, outputs forced to 40 tokens as in `benchmark.py`, with the rule and with SDPA's
-kernel for every attention, alternately; the ratio of each adjacent pair of timings, whose median it reports,
-cancels the machine's slower drift. The two must give the same tokens (checked).
+`--generate PRESET ...` measures the rule end to end: our model's `generate()` (`--generate_beams`, default 4 with
+the paper's scoring) on `--generate_batch` random sentences of 10-30 tokens, outputs forced to 40 tokens as in
+`benchmark.py`, with the rule and with SDPA's kernel for every attention, alternately; the ratio of each adjacent
+pair of timings, whose median it reports, cancels the machine's slower drift. Both must give the same tokens
+(checked).
 """
 
 import argparse
@@ -31,7 +32,7 @@ from transformers import LogitsProcessorList
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer import modeling_vanilla_transformer as modeling
-from hf_vanilla_transformer.modeling_vanilla_transformer import MATMUL_ATTENTION_MAX_SCORES, eager_attention_forward
+from hf_vanilla_transformer.modeling_vanilla_transformer import eager_attention_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark  # noqa: E402
@@ -64,15 +65,22 @@ def sdpa_over_matmul(rows: int, heads: int, queries: int, keys: int, head_dim: i
     return times["sdpa"] / times["matmul"]
 
 
-def generate_speedup(preset: str, reps: int) -> dict[str, float]:
-    """Beam-4 `generate()` with the model's rule against SDPA's kernel everywhere: median and range of the
-    paired time ratios (SDPA's / the rule's, above 1: the rule is faster)."""
+def uses_matmul(rows: int, heads: int, queries: int, keys: int) -> bool:
+    """Whether the model runs an inference attention of this shape on the CPU as matrix products."""
+    return modeling._cpu_inference_attention(
+        torch.empty(rows, heads, queries, 0), torch.empty(rows, heads, keys, 0), False
+    )
+
+
+def generate_speedup(preset: str, reps: int, num_beams: int = 4, batch_size: int = 32) -> dict[str, float]:
+    """`generate()` with the model's rule against SDPA's kernel everywhere: median and range of the paired time
+    ratios (SDPA's / the rule's, above 1: the rule is faster)."""
     generator = torch.Generator().manual_seed(0)
     config = VanillaTransformerConfig.from_preset(preset, vocab_size=10000)
     torch.manual_seed(0)
     model = VanillaTransformerForConditionalGeneration(config).eval()
-    input_ids = benchmark.pad(benchmark.random_sentences(32, config.vocab_size, generator))
-    kwargs = {"attention_mask": (input_ids != benchmark.PAD).long(), "max_new_tokens": 40}
+    input_ids = benchmark.pad(benchmark.random_sentences(batch_size, config.vocab_size, generator))
+    kwargs = {"attention_mask": (input_ids != benchmark.PAD).long(), "max_new_tokens": 40, "num_beams": num_beams}
     kwargs["logits_processor"] = LogitsProcessorList([benchmark.SuppressEndOfSentence()])
 
     def translate(rule: bool) -> tuple[float, torch.Tensor]:
@@ -98,44 +106,51 @@ def generate_speedup(preset: str, reps: int) -> dict[str, float]:
     }
 
 
-def markdown(grid: dict[str, dict[tuple[int, int], float]], queries: Sequence[int], keys: Sequence[int]) -> str:
+Cell = tuple[float, bool]  # (SDPA's time / the products' time, whether the model runs the products)
+
+
+def markdown(grid: dict[str, dict[tuple[int, int], Cell]], queries: Sequence[int], keys: Sequence[int]) -> str:
     lines = [f"threads {torch.get_num_threads()}, torch {torch.__version__}; SDPA's time / the matrix products' time"]
-    for preset, cells in grid.items():
-        lines += ["", preset, "", "| queries \\ keys | " + " | ".join(map(str, keys)) + " |"]
+    for name, cells in grid.items():
+        lines += ["", name, "", "| queries \\ keys | " + " | ".join(map(str, keys)) + " |"]
         lines.append("| ---: |" + " ---: |" * len(keys))
         for q in queries:
-            marks = [f"{cells[q, k]:.2f}" + ("*" if q * k <= MATMUL_ATTENTION_MAX_SCORES else "") for k in keys]
+            marks = [f"{cells[q, k][0]:.2f}" + ("*" if cells[q, k][1] else "") for k in keys]
             lines.append(f"| {q} | " + " | ".join(marks) + " |")
-    lines += [
-        "",
-        f"*: queries x keys <= MATMUL_ATTENTION_MAX_SCORES ({MATMUL_ATTENTION_MAX_SCORES}), the products run",
-    ]
+    lines += ["", "*: the model runs the matrix products at this shape"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
-    """The grid of ratios by preset and (queries, keys), or with --generate the end-to-end speed-ups by preset."""
+    """The grid of cells by preset and rows, then (queries, keys); with --generate the end-to-end speed-ups."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, nargs="+", default=[1, 4, 16, 32, 64])
-    parser.add_argument("--keys", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 32, 128], help="decoder rows, or sentences")
+    parser.add_argument("--queries", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--keys", type=int, nargs="+", default=[16, 32, 64, 256])
     parser.add_argument("--presets", nargs="+", default=["tiny", "base"], help="whose heads (small's are base's)")
-    parser.add_argument("--rows", type=int, default=64, help="decoder rows, or sentences of grouped beams, per call")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--generate", nargs="+", default=[], metavar="PRESET", help="the end-to-end A/B instead")
     parser.add_argument("--generate_reps", type=int, default=20)
+    parser.add_argument("--generate_beams", type=int, default=4)
+    parser.add_argument("--generate_batch", type=int, default=32)
     parser.add_argument("--output_md", type=Path, default=None)
     args = parser.parse_args(argv)
-    if min([*args.queries, *args.keys, args.rows, args.reps, args.generate_reps]) < 1:
-        parser.error("--queries, --keys, --rows, --reps and --generate_reps must be positive integers")
+    counts = [*args.rows, *args.queries, *args.keys, args.reps, args.generate_reps, args.generate_beams]
+    if min([*counts, args.generate_batch]) < 1:
+        parser.error("--rows, --queries, --keys, --reps and the --generate_* counts must be positive integers")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.generate:
-        speedups = {preset: generate_speedup(preset, args.generate_reps) for preset in args.generate}
+        speedups = {
+            preset: generate_speedup(preset, args.generate_reps, args.generate_beams, args.generate_batch)
+            for preset in args.generate
+        }
         for preset, result in speedups.items():
             print(
-                f"{preset}: beam-4 generate() {result['median']:.3f}x faster with the rule (median of "
-                f"{args.generate_reps} pairs; {result['min']:.2f}-{result['max']:.2f}x; faster in {result['faster']})"
+                f"{preset}: generate() with {args.generate_beams} beams, {args.generate_batch} sentences a batch: "
+                f"{result['median']:.3f}x faster with the rule (median of {args.generate_reps} pairs; "
+                f"{result['min']:.2f}-{result['max']:.2f}x; faster in {result['faster']})"
             )
         return speedups
     grid = {}
@@ -143,11 +158,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         config = VanillaTransformerConfig.from_preset(preset)  # a clear error for an unknown preset
         heads = config.encoder_attention_heads
         head_dim = config.d_model // heads
-        grid[f"{preset}: {heads} heads of {head_dim}"] = {
-            (q, k): sdpa_over_matmul(args.rows, heads, q, k, head_dim, args.reps)
-            for q in args.queries
-            for k in args.keys
-        }
+        for rows in args.rows:
+            grid[f"{preset}: {heads} heads of {head_dim}, {rows} rows"] = {
+                (q, k): (sdpa_over_matmul(rows, heads, q, k, head_dim, args.reps), uses_matmul(rows, heads, q, k))
+                for q in args.queries
+                for k in args.keys
+            }
     table = markdown(grid, args.queries, args.keys)
     print(table)
     if args.output_md:

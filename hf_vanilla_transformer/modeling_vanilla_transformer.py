@@ -155,19 +155,25 @@ def _attention_kernels(device: torch.device, training: bool) -> contextlib.Abstr
     return sdpa_kernel([first, *(kernel for kernel in enabled if kernel != first)], set_priority=True)
 
 
-# SDPA's CPU kernel pays a fixed cost per call that small score matrices do not repay. With at most 1024 scores per
-# head (queries x keys: a decoding step of one query, or of a sentence's beams grouped, over a Multi30k source; an
-# encoder of sentences up to 32 tokens), two matrix products and a softmax ran 1.01-5.3x faster than it on 2 cores
-# (queries 1-64, keys 16-256, heads of 32 and 64); with more, mostly slower (0.35-1.27x; 0.23x for 400-token
-# encoders): `benchmarks/RESULTS.md`. Not in training, where SDPA's backward keeps no (T, S) attention weights.
-MATMUL_ATTENTION_MAX_SCORES = 1024
+# SDPA's CPU kernel works in blocks of queries and keys, a waste for the small score matrices of decoding (one query a
+# step, or a sentence's beams grouped, over a Multi30k source). Two matrix products and a softmax cost a few
+# operators more per call instead, repaid where a head's scores (queries x keys) are few, at most 1024, and the heads
+# of the call (rows x heads) many, at least 128, or 256 for a single query. In a grid of shapes on 2 cores they were
+# faster at 37 of the 44 such shapes (up to 4.2x) and slower at most others, where SDPA's kernel ran up to 4.5x faster
+# (greedy decoding of small batches, one sentence alone, long sentences): `benchmarks/RESULTS.md`. Not in training,
+# where a whole step gained little and the products' backward keeps the (T, S) attention weights.
+MATMUL_ATTENTION_MAX_SCORES = 1024  # queries x keys of one head
+MATMUL_ATTENTION_MIN_HEADS = 128  # rows x heads of the call, twice as many for a single query
 
 
 def _cpu_inference_attention(query: torch.Tensor, key: torch.Tensor, training: bool) -> bool:
-    """Whether attention under `attn_implementation="sdpa"` runs as `eager_attention_forward`: in eager CPU
-    inference, at most `MATMUL_ATTENTION_MAX_SCORES` scores per head and sentence."""
-    scores = query.shape[-2] * key.shape[-2]
-    return not training and _on_eager_cpu(query.device) and scores <= MATMUL_ATTENTION_MAX_SCORES
+    """Whether attention under `attn_implementation="sdpa"` runs as `eager_attention_forward`: in eager CPU inference,
+    within `MATMUL_ATTENTION_MAX_SCORES` and `MATMUL_ATTENTION_MIN_HEADS`."""
+    if training or not _on_eager_cpu(query.device):
+        return False
+    rows, heads, queries = query.shape[:3]
+    min_heads = MATMUL_ATTENTION_MIN_HEADS * (2 if queries == 1 else 1)
+    return queries * key.shape[-2] <= MATMUL_ATTENTION_MAX_SCORES and rows * heads >= min_heads
 
 
 def _unpacked(hidden_states: torch.Tensor, tokens: PackedTokens | None) -> torch.Tensor:

@@ -342,27 +342,31 @@ def test_operator_count_report_lists_the_most_frequent_and_refuses_no_rows():
 
 def test_attention_shapes_times_each_cell_and_marks_where_the_model_runs_matrix_products(tmp_path, capsys):
     md_path = tmp_path / "shapes.md"
-    args = ["--queries", "1", "300", "--keys", "4", "--presets", "tiny", "--rows", "2", "--reps", "1"]
+    args = ["--rows", "1", "64", "--queries", "4", "300", "--keys", "4", "--presets", "tiny", "--reps", "1"]
     grid = attention_shapes.main([*args, "--output_md", str(md_path)])
     config = VanillaTransformerConfig.from_preset("tiny")
-    name = f"tiny: {config.encoder_attention_heads} heads of {config.d_model // config.encoder_attention_heads}"
-    assert list(grid) == [name] and list(grid[name]) == [(1, 4), (300, 4)]
-    assert all(ratio > 0 for ratio in grid[name].values())
+    heads = config.encoder_attention_heads
+    names = [f"tiny: {heads} heads of {config.d_model // heads}, {rows} rows" for rows in (1, 64)]
+    assert list(grid) == names and all(list(cells) == [(4, 4), (300, 4)] for cells in grid.values())
+    assert all(ratio > 0 for cells in grid.values() for ratio, _ in cells.values())
+    # the products where a head has few scores (16) and the call many heads (64 x 4)
+    assert [matmul for cells in grid.values() for _, matmul in cells.values()] == [False, False, True, False]
     table = md_path.read_text()
     assert table == capsys.readouterr().out.rstrip("\n") + "\n"
-    assert f"| 1 | {grid[name][1, 4]:.2f}* |" in table  # 4 scores a head: the model's matrix products
-    assert f"| 300 | {grid[name][300, 4]:.2f} |" in table  # 1200 > MATMUL_ATTENTION_MAX_SCORES: SDPA's kernel
+    assert f"| 4 | {grid[names[1]][4, 4][0]:.2f}* |" in table and f"| 4 | {grid[names[0]][4, 4][0]:.2f} |" in table
 
 
 def test_attention_shapes_ab_of_generate_pairs_each_timing_of_the_rule_with_one_of_sdpa(capsys):
-    speedups = attention_shapes.main(["--generate", "tiny", "--generate_reps", "2"])
+    speedups = attention_shapes.main(["--generate", "tiny", "--generate_reps", "2", "--generate_batch", "8"])
     result = speedups["tiny"]
     assert list(speedups) == ["tiny"] and 0 < result["min"] <= result["median"] <= result["max"]
     assert 0 <= result["faster"] <= 2
-    assert f"tiny: beam-4 generate() {result['median']:.3f}x faster with the rule" in capsys.readouterr().out
+    expected = f"tiny: generate() with 4 beams, 8 sentences a batch: {result['median']:.3f}x faster with the rule"
+    assert expected in capsys.readouterr().out
 
 
 def test_attention_shapes_rejects_empty_shapes(capsys):
     with pytest.raises(SystemExit):
-        attention_shapes.main(["--rows", "0"])
-    assert "--queries, --keys, --rows, --reps and --generate_reps must be positive integers" in capsys.readouterr().err
+        attention_shapes.main(["--generate_batch", "0"])
+    expected = "--rows, --queries, --keys, --reps and the --generate_* counts must be positive integers"
+    assert expected in capsys.readouterr().err

@@ -13,6 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
     MATMUL_ATTENTION_MAX_SCORES,
+    MATMUL_ATTENTION_MIN_HEADS,
     PackedTokens,
     _attention_kernels,
     dropout,
@@ -353,23 +354,44 @@ def attention_kernels_run(model, **inputs) -> tuple[int, int]:
 
 
 def test_cpu_inference_attends_with_matrix_products_and_training_with_sdpas_kernel(batch):
-    """Under sdpa on CPU: at Multi30k lengths two batched products a head in inference, SDPA's kernel in training."""
+    """Under sdpa on CPU, Multi30k-like lengths: two batched products a head in inference where the call has heads
+    enough (64 copies of the batch: 128 sentences of 4 heads), SDPA's kernel in training."""
     model = make_tiny_model(attn_implementation="sdpa")
     attentions = TINY["encoder_layers"] + 2 * TINY["decoder_layers"]
-    assert attention_kernels_run(model, **batch) == (0, attentions)
-    assert model.model.encoder.layers[0].self_attn(torch.randn(1, 3, TINY["d_model"]))[1] is None  # as SDPA's
-    assert attention_kernels_run(model.train(), **batch) == (attentions, 0)
+    sentences = {key: value.repeat(64, 1) for key, value in batch.items()}
+    assert attention_kernels_run(model, **sentences) == (0, attentions)
+    assert model.model.encoder.layers[0].self_attn(torch.randn(128, 3, TINY["d_model"]))[1] is None  # as SDPA's
+    assert attention_kernels_run(model.train(), **sentences) == (attentions, 0)
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_cpu_inference_keeps_sdpas_kernel_for_large_score_matrices():
-    """Above MATMUL_ATTENTION_MAX_SCORES queries x keys a head, SDPA's kernel is the faster."""
+def random_pairs(sentences: int, source: int, target: int) -> dict[str, torch.Tensor]:
+    shapes = {"input_ids": (sentences, source), "decoder_input_ids": (sentences, target)}
+    return {name: torch.randint(3, TINY["vocab_size"], shape) for name, shape in shapes.items()}
+
+
+def test_cpu_inference_keeps_sdpas_kernel_for_many_scores_a_head():
     model = make_tiny_model(attn_implementation="sdpa")
-    source, target = 45, 30  # encoder 45 x 45 and cross-attention 30 x 45 above 1024, decoder 30 x 30 below
+    source, target = 45, 30  # encoder 45 x 45 and cross-attention 30 x 45 above 1024 a head, decoder 30 x 30 below
     assert source * target > MATMUL_ATTENTION_MAX_SCORES >= target * target
-    inputs = {"input_ids": torch.randint(3, 99, (1, source)), "decoder_input_ids": torch.randint(3, 99, (1, target))}
+    sentences = MATMUL_ATTENTION_MIN_HEADS // TINY["decoder_attention_heads"]
     layers = TINY["decoder_layers"]
-    assert attention_kernels_run(model, **inputs) == (TINY["encoder_layers"] + layers, layers)
+    expected = (TINY["encoder_layers"] + layers, layers)
+    assert attention_kernels_run(model, **random_pairs(sentences, source, target)) == expected
+
+
+@pytest.mark.parametrize(("sentences", "target"), [(2, 5), (63, 1)])
+def test_cpu_inference_keeps_sdpas_kernel_for_few_heads_a_call(sentences, target):
+    """Too little work to repay the products' extra operators: two short sentences (decoding them alone), or one
+    query each for fewer than 2 x MATMUL_ATTENTION_MIN_HEADS heads (greedy decoding of a batch of 63)."""
+    model = make_tiny_model(attn_implementation="sdpa")
+    heads = sentences * TINY["encoder_attention_heads"]
+    assert heads < MATMUL_ATTENTION_MIN_HEADS or (target == 1 and heads < 2 * MATMUL_ATTENTION_MIN_HEADS)
+    kernels = attention_kernels_run(model, **random_pairs(sentences, 6, target))
+    if target == 1:  # the encoder's 6 queries a sentence are enough
+        assert kernels == (2 * TINY["decoder_layers"], TINY["encoder_layers"])
+    else:
+        assert kernels == (TINY["encoder_layers"] + 2 * TINY["decoder_layers"], 0)
 
 
 def sdpa_kernels() -> list[SDPBackend]:
