@@ -23,16 +23,25 @@ PUBLISHED = {
     ("de", "en"): "36.5 BLEU of a popular tutorial Transformer with its own tokenisation (not directly comparable)",
 }
 
-ARCHITECTURE = """\
-- Architecture: exactly §3 of the paper (post-LN, sinusoidal positions, ReLU FFN, embeddings scaled by
-  sqrt(d_model) and shared three ways, attention projections W^Q, W^K, W^V, W^O without biases). The output
-  projection has no bias (it is the tied embedding)."""
+_PAPER_ARCHITECTURE = (
+    "post-LN, sinusoidal positions, ReLU FFN, embeddings scaled by sqrt(d_model) and shared three ways"
+)
+_OUTPUT_PROJECTION = "The output projection has no bias (it is the tied embedding)."
 
-ARCHITECTURE_WITH_BIASES = """\
-- Architecture: §3 of the paper (post-LN, sinusoidal positions, ReLU FFN, embeddings scaled by sqrt(d_model) and
-  shared three ways), except that the attention projections W^Q, W^K, W^V, W^O carry biases, as fairseq's and
-  Marian's do (`--attention_bias true`; the paper's have none). The output projection has no bias (it is the
-  tied embedding)."""
+
+def architecture(attention_bias: bool) -> str:
+    """The card's architecture line: the paper's §3, with or without biases on the attention projections."""
+    if not attention_bias:
+        return (
+            f"- Architecture: exactly §3 of the paper ({_PAPER_ARCHITECTURE}, attention projections W^Q, W^K, W^V, "
+            f"W^O without biases). {_OUTPUT_PROJECTION}"
+        )
+    return (
+        f"- Architecture: §3 of the paper ({_PAPER_ARCHITECTURE}), except that the attention projections W^Q, W^K, "
+        "W^V, W^O carry biases, as fairseq's and Marian's do (`--attention_bias true`; the paper's have none). "
+        f"{_OUTPUT_PROJECTION}"
+    )
+
 
 DEPARTURES = """\
 - Initialisation (not given in the paper): Xavier-uniform projections, embeddings N(0, d_model^-0.5).
@@ -142,7 +151,7 @@ Checkpoints and settings were chosen on `val` only.
 
 ## Departures from the paper
 
-{ARCHITECTURE_WITH_BIASES if config.get("attention_bias", True) else ARCHITECTURE}
+{architecture(config.get("attention_bias", True))}
 {DEPARTURES}
 
 ## Data and licence
