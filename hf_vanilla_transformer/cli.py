@@ -34,8 +34,16 @@ RESULTS_FILE = "results.json"
 
 @dataclass
 class ModelArguments:
-    """Model size (a preset of `VanillaTransformerConfig`, with optional overrides) and its tokenizer."""
+    """Model size (a preset of `VanillaTransformerConfig`, with optional overrides) and its tokenizer, or a trained
+    model to start from."""
 
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this trained model (folder or Hub name) and its tokenizer instead of a new model of "
+            "--preset: to train it on (with --schedule_start) or fine-tune it. Its config fixes the architecture."
+        },
+    )
     preset: str = field(
         default="tiny",
         metadata={"help": f"Model size: one of {', '.join(PRESETS)} (base/big: Table 3; tiny: Multi30k-sized)."},
@@ -69,7 +77,7 @@ class ModelArguments:
 
     def config_overrides(self) -> dict:
         """The config fields given on the command line."""
-        skip = {"preset", "tokenizer_name_or_path", "vocab_size"}
+        skip = {"model_name_or_path", "preset", "tokenizer_name_or_path", "vocab_size"}
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
@@ -239,9 +247,13 @@ def train_tokenizer(corpus: datasets.Dataset, source_lang: str, target_lang: str
 def load_or_train_tokenizer(
     model_args: ModelArguments, corpus: datasets.Dataset, data_args: DataArguments, output_dir: str | Path
 ) -> PreTrainedTokenizerBase:
-    """The given tokenizer, else the one saved in `output_dir` (a resumed run), else a new one saved there."""
+    """The given tokenizer (or --model_name_or_path's), else the one saved in `output_dir` (a resumed run), else a new
+    one saved there."""
     if model_args.tokenizer_name_or_path is not None:
         return AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
+    if model_args.model_name_or_path is not None:
+        check_model_folder(model_args.model_name_or_path)
+        return AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     output_dir = Path(output_dir)
     if (output_dir / "tokenizer.json").is_file():
         logger.info("Using the tokenizer saved in %s", output_dir)
@@ -252,7 +264,19 @@ def load_or_train_tokenizer(
 
 
 def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase):
-    """A freshly initialised model of the preset's size, with the tokenizer's vocabulary (§3.4: shared)."""
+    """A freshly initialised model of the preset's size, with the tokenizer's vocabulary (§3.4: shared), or the
+    trained model of --model_name_or_path."""
+    if model_args.model_name_or_path is not None:
+        overrides = model_args.config_overrides()
+        if overrides:  # new sizes would not fit the trained weights; new dropouts would change the recipe unseen
+            raise ValueError(
+                f"--model_name_or_path {model_args.model_name_or_path} fixes the model's config: drop "
+                f"{', '.join('--' + name for name in overrides)}"
+            )
+        model, _ = load_model_and_tokenizer(model_args.model_name_or_path)
+        check_tokenizer_matches_config(tokenizer, model.config)
+        logger.info("Model: %s, %.2fM parameters", model_args.model_name_or_path, model.num_parameters() / 1e6)
+        return model
     config = VanillaTransformerConfig.from_preset(
         model_args.preset, vocab_size=len(tokenizer), **model_args.config_overrides()
     )
@@ -270,9 +294,9 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase):
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-def load_model_and_tokenizer(name_or_path: str | Path) -> tuple:
-    """A trained model and its tokenizer from a local folder or a Hub name, with a clear error for a folder
-    that does not exist or lacks one of `MODEL_FILES` (transformers would report a malformed Hub id instead)."""
+def check_model_folder(name_or_path: str | Path) -> None:
+    """A clear error for a local model folder that does not exist, lacks one of `MODEL_FILES` or holds truncated
+    weights (transformers would report a malformed Hub id instead); Hub names pass."""
     path = Path(name_or_path)
     if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
         if not path.is_dir():
@@ -286,6 +310,11 @@ def load_model_and_tokenizer(name_or_path: str | Path) -> tuple:
                 pass
         except safetensors.SafetensorError as err:
             raise ValueError(f"{weights} is truncated or corrupted ({err}); copy or download it again") from err
+
+
+def load_model_and_tokenizer(name_or_path: str | Path) -> tuple:
+    """A trained model and its tokenizer from a local folder or a Hub name (`check_model_folder` first)."""
+    check_model_folder(name_or_path)
     # Weights only from safetensors: never unpickle a pytorch_model.bin that a folder or Hub repo may hold.
     model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -461,6 +490,7 @@ __all__ = [
     "GenerationArguments",
     "ModelArguments",
     "build_model",
+    "check_model_folder",
     "evaluate_splits",
     "export_model_folder",
     "last_complete_checkpoint",

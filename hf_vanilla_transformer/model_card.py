@@ -110,6 +110,14 @@ def render_model_card(config: dict, results: dict, name: str) -> str:
         if "resumed_from_update" in training
         else ""
     )
+    start = training.get("started_from")
+    started_from = (
+        f"- Started from `{start['model']}`, trained with `{start.get('command', 'a command not recorded')}` "
+        f"({start.get('hardware', 'hardware not recorded')}, {start.get('minutes', '?')} minutes, "
+        f"{start.get('updates', '?')} updates); then this run:\n"
+        if start
+        else ""
+    )
     return f"""---
 {metadata.to_yaml()}
 ---
@@ -144,7 +152,7 @@ Checkpoints and settings were chosen on `val` only.
 
 ## Training
 
-- Command: `{training.get("command", "not recorded")}`
+{started_from}- Command: `{training.get("command", "not recorded")}`
 - Hardware: {training.get("hardware", "not recorded")}
 - Wall time: {training.get("minutes", "not recorded")} minutes, {training.get("updates", "?")} updates, \
 {training.get("target_tokens_per_s", "?")} target tokens/s{resumed}

@@ -39,12 +39,14 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-9,
     weight_decay: float = 0.0,
+    start: int = 0,
 ) -> tuple[torch.optim.Adam, LambdaLR]:
     """Adam and the schedule of §5.3, ready for `Trainer(optimizers=(optimizer, scheduler))`.
 
     Adam's base lr is 1.0, so LambdaLR's factor is the learning rate itself. LambdaLR calls its lambda with
-    0 for the first update (and again at construction), so the lambda is `noam_lr(i + 1)`: update k gets
-    `noam_lr(k)`. Step the scheduler once per optimizer update, not per micro-batch.
+    0 for the first update (and again at construction), so the lambda is `noam_lr(i + 1 + start)`: update k gets
+    `noam_lr(start + k)`, which goes on with the schedule of a model already trained for `start` updates. Step
+    the scheduler once per optimizer update, not per micro-batch.
 
     Adam runs fused (one kernel over all parameters, as transformers' default `adamw_torch_fused`): the same
     update, its step 3-5x faster than torch's per-parameter loop on 2 CPU cores (tiny 20 -> 4 ms, base 150-200 ->
@@ -53,5 +55,5 @@ def build_optimizer(
     """
     params = model_or_params.parameters() if isinstance(model_or_params, nn.Module) else model_or_params
     optimizer = torch.optim.Adam(params, lr=1.0, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
-    scheduler = LambdaLR(optimizer, lambda i: noam_lr(i + 1, d_model, warmup_steps, scale))
+    scheduler = LambdaLR(optimizer, lambda i: noam_lr(i + 1 + start, d_model, warmup_steps, scale))
     return optimizer, scheduler

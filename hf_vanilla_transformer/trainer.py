@@ -76,6 +76,13 @@ class VanillaSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
         default=1.0, metadata={"help": "Factor on the learning rate of §5.3, eq. (3); 1.0 in the paper."}
     )
     warmup_steps: float = field(default=4000, metadata={"help": "warmup_steps of §5.3, eq. (3); 4000 in the paper."})
+    schedule_start: int = field(
+        default=0,
+        metadata={
+            "help": "Updates the model has already had (--model_name_or_path's run): eq. (3) goes on from update "
+            "schedule_start + 1 instead of warming up again. Adam's moments start afresh."
+        },
+    )
     label_smoothing_factor: float = field(default=0.1, metadata={"help": "ε_ls of §5.4; 0.1 in the paper."})
     max_grad_norm: float = field(
         default=0.0, metadata={"help": "Gradient clipping norm; 0 disables it (the paper does not clip)."}
@@ -107,6 +114,8 @@ class VanillaSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens}")
         if self.warmup_steps < 1 or self.warmup_steps != int(self.warmup_steps):
             raise ValueError(f"warmup_steps must be a whole number of updates >= 1 (§5.3), got {self.warmup_steps}")
+        if self.schedule_start < 0:
+            raise ValueError(f"schedule_start must be a number of updates >= 0, got {self.schedule_start}")
         if self.average_last < 0:
             raise ValueError(f"average_last must be >= 0, got {self.average_last}")
         if self.average_last and self.save_strategy == "no":
@@ -190,7 +199,11 @@ class VanillaSeq2SeqTrainer(Seq2SeqTrainer):
             data_collator = DataCollatorForSeq2Seq(kwargs["processing_class"], model=model)
         if kwargs.get("optimizers", (None, None)) == (None, None):
             kwargs["optimizers"] = build_optimizer(
-                model, model.config.d_model, warmup_steps=int(args.warmup_steps), scale=args.lr_scale
+                model,
+                model.config.d_model,
+                warmup_steps=int(args.warmup_steps),
+                scale=args.lr_scale,
+                start=args.schedule_start,
             )
         use_cache = model.config.use_cache
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)

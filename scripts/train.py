@@ -26,6 +26,7 @@ from hf_vanilla_transformer.cli import (
     last_complete_checkpoint,
     load_or_train_tokenizer,
     parse_args,
+    read_results,
     setup_logging,
     training_summary,
     update_results,
@@ -113,7 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.tokens_per_update["tgt"],
         resumed_from_update,
     )
-    update_results(model_dir, {"training": summary | {"averaged_checkpoints": averaged}})
+    summary["averaged_checkpoints"] = averaged
+    if model_args.model_name_or_path is not None:  # the card then gives both stages of the training
+        summary["started_from"] = {"model": model_args.model_name_or_path} | read_results(
+            model_args.model_name_or_path
+        ).get("training", {})
+    update_results(model_dir, {"training": summary})
     splits = [data_args.validation_split, *data_args.eval_splits]
     return evaluate_splits(
         model, tokenizer, data_args, splits, model_dir, batch_size=training_args.per_device_eval_batch_size

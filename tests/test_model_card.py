@@ -69,6 +69,17 @@ def test_a_resumed_runs_card_says_its_time_is_the_last_runs(model_dir):
     assert "the last run of the command only" not in ModelCard.load(write_model_card(model_dir, RESULTS)).text
 
 
+def test_a_card_gives_both_stages_of_a_model_trained_on_from_another(model_dir):
+    first = {"model": "runs/first/averaged", "command": "python scripts/train.py --bf16 true", "hardware": "1 x GPU"}
+    training = RESULTS["training"] | {"started_from": first | {"minutes": 7.8, "updates": 8796}}
+    text = ModelCard.load(write_model_card(model_dir, RESULTS | {"training": training})).text
+    assert (
+        "- Started from `runs/first/averaged`, trained with `python scripts/train.py --bf16 true` (1 x GPU, 7.8 "
+        "minutes, 8796 updates); then this run:\n- Command: `python scripts/train.py --preset tiny`"
+    ) in text
+    assert "Started from" not in ModelCard.load(write_model_card(model_dir, RESULTS)).text
+
+
 @pytest.mark.parametrize("attention_bias", [False, True])
 def test_the_card_says_whether_the_attention_projections_carry_biases(tmp_path, attention_bias):
     VanillaTransformerConfig.from_preset("tiny", vocab_size=8000, attention_bias=attention_bias).save_pretrained(

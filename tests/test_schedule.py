@@ -77,6 +77,15 @@ def test_optimizer_lr_follows_paper_from_update_1():
     assert scheduler.get_last_lr()[0] == pytest.approx(noam_lr(11, 16, 4), rel=1e-12)
 
 
+def test_optimizer_started_later_goes_on_with_the_schedule():
+    model = torch.nn.Linear(3, 2)
+    optimizer, scheduler = build_optimizer(model, d_model=16, warmup_steps=4, scale=2.0, start=7)
+    lrs = _lrs_used_by_updates(optimizer, scheduler, 3)
+    assert lrs == pytest.approx([noam_lr(k, 16, 4, 2.0) for k in (8, 9, 10)], rel=1e-12)
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        build_optimizer(model, d_model=16, start=-1)
+
+
 def test_build_optimizer_accepts_param_groups():
     a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
     optimizer, scheduler = build_optimizer([{"params": [a]}, {"params": [b]}], d_model=16, warmup_steps=4)

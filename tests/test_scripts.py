@@ -31,6 +31,7 @@ from hf_vanilla_transformer.metrics import (
     sacrebleu_scores,
     tokenized_bleu,
 )
+from hf_vanilla_transformer.schedule import noam_lr
 from hf_vanilla_transformer.tokenization import train_bpe_tokenizer
 
 EN_DE = {
@@ -228,6 +229,37 @@ def test_train_resumes_from_the_last_checkpoint(corpus, run, tmp_path, caplog):
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [20, 40, 60, 80, 100, 120, 140]
     assert first_checkpoint.stat().st_mtime_ns == before  # not retrained from scratch
     assert (resumed / "checkpoint-150").is_dir()
+
+
+def test_train_goes_on_from_a_trained_model(corpus, run, tmp_path, caplog):
+    caplog.set_level("INFO")
+    start = run / "averaged"
+    options = train_options(corpus, tmp_path / "more", max_steps=3, logging_steps=1, save_strategy="no")
+    options = {k: v for k, v in options.items() if k not in TINY_MODEL}  # the trained model's config decides
+    script("train").main(flags({**options, "model_name_or_path": str(start), "schedule_start": 120}))
+
+    assert "Training a joint BPE" not in caplog.text
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path / "more").get_vocab()
+        == AutoTokenizer.from_pretrained(start).get_vocab()
+    )
+    state = json.loads((tmp_path / "more" / "trainer_state.json").read_text())
+    lrs = [entry["learning_rate"] for entry in state["log_history"] if "loss" in entry]
+    assert lrs == pytest.approx([noam_lr(k, 32, 20, 0.3) for k in (121, 122, 123)], rel=1e-6)
+    first = json.loads((tmp_path / "more" / "trainer_state.json").read_text())["log_history"][0]
+    before = [e["loss"] for e in json.loads((run / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert first["loss"] < before[0] - 1.0  # it starts from the trained weights, not from new ones
+    training = json.loads((tmp_path / "more" / "results.json").read_text())["training"]
+    first_stage = json.loads((start / "results.json").read_text())["training"]
+    assert training["started_from"] == {"model": str(start)} | first_stage
+    assert "--model_name_or_path" in training["command"] and first_stage["updates"] == 120
+
+    with pytest.raises(ValueError, match=r"--model_name_or_path .*averaged fixes the model's config: drop --d_model"):
+        script("train").main(flags({**options, "model_name_or_path": str(start), "d_model": 64}))
+    with pytest.raises(FileNotFoundError, match="model folder .*nowhere does not exist"):
+        script("train").main(flags({**options, "model_name_or_path": str(tmp_path / "nowhere")}))
+    with pytest.raises(ValueError, match="schedule_start must be a number of updates >= 0, got -1"):
+        script("train").main(flags({**options, "model_name_or_path": str(start), "schedule_start": -1}))
 
 
 def test_average_checkpoints_script(run, tmp_path):
