@@ -22,7 +22,7 @@ import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from unittest import mock
 
@@ -72,9 +72,19 @@ def uses_matmul(rows: int, heads: int, queries: int, keys: int) -> bool:
     )
 
 
-def generate_speedup(preset: str, reps: int, num_beams: int = 4, batch_size: int = 32) -> dict[str, float]:
-    """`generate()` with the model's rule against SDPA's kernel everywhere: median and range of the paired time
-    ratios (SDPA's / the rule's, above 1: the rule is faster)."""
+def sdpa_everywhere() -> contextlib.AbstractContextManager:
+    return mock.patch.object(modeling, "_cpu_inference_attention", lambda query, key, training: False)
+
+
+def generate_speedup(
+    preset: str,
+    reps: int,
+    num_beams: int = 4,
+    batch_size: int = 32,
+    without_rule: Callable[[], contextlib.AbstractContextManager] = sdpa_everywhere,
+) -> dict[str, float]:
+    """`generate()` with the model's rule against `without_rule` (default: SDPA's kernel everywhere): median and
+    range of the paired time ratios (the time without / with the rule, above 1: the rule is faster)."""
     generator = torch.Generator().manual_seed(0)
     config = VanillaTransformerConfig.from_preset(preset, vocab_size=10000)
     torch.manual_seed(0)
@@ -84,8 +94,7 @@ def generate_speedup(preset: str, reps: int, num_beams: int = 4, batch_size: int
     kwargs["logits_processor"] = LogitsProcessorList([benchmark.SuppressEndOfSentence()])
 
     def translate(rule: bool) -> tuple[float, torch.Tensor]:
-        sdpa_everywhere = mock.patch.object(modeling, "_cpu_inference_attention", lambda query, key, training: False)
-        with contextlib.nullcontext() if rule else sdpa_everywhere, torch.inference_mode():
+        with contextlib.nullcontext() if rule else without_rule(), torch.inference_mode():
             start = time.perf_counter()
             output = model.generate(input_ids, **kwargs)
             return time.perf_counter() - start, output
@@ -104,6 +113,30 @@ def generate_speedup(preset: str, reps: int, num_beams: int = 4, batch_size: int
         "max": max(ratios),
         "faster": sum(r > 1 for r in ratios),
     }
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generate", nargs="+", default=[], metavar="PRESET", help="the end-to-end A/B instead")
+    parser.add_argument("--generate_reps", type=int, default=20)
+    parser.add_argument("--generate_beams", type=int, default=4)
+    parser.add_argument("--generate_batch", type=int, default=32)
+
+
+def report_generate_speedups(
+    args: argparse.Namespace, without_rule: Callable[[], contextlib.AbstractContextManager]
+) -> dict[str, dict[str, float]]:
+    """`generate_speedup` of each preset of `--generate`, printed."""
+    speedups = {
+        preset: generate_speedup(preset, args.generate_reps, args.generate_beams, args.generate_batch, without_rule)
+        for preset in args.generate
+    }
+    for preset, result in speedups.items():
+        print(
+            f"{preset}: generate() with {args.generate_beams} beams, {args.generate_batch} sentences a batch: "
+            f"{result['median']:.3f}x faster with the rule (median of {args.generate_reps} pairs; "
+            f"{result['min']:.2f}-{result['max']:.2f}x; faster in {result['faster']})"
+        )
+    return speedups
 
 
 Cell = tuple[float, bool]  # (SDPA's time / the products' time, whether the model runs the products)
@@ -130,45 +163,46 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--presets", nargs="+", default=["tiny", "base"], help="whose heads (small's are base's)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--generate", nargs="+", default=[], metavar="PRESET", help="the end-to-end A/B instead")
-    parser.add_argument("--generate_reps", type=int, default=20)
-    parser.add_argument("--generate_beams", type=int, default=4)
-    parser.add_argument("--generate_batch", type=int, default=32)
+    add_generate_arguments(parser)
     parser.add_argument("--output_md", type=Path, default=None)
     args = parser.parse_args(argv)
     counts = [*args.rows, *args.queries, *args.keys, args.reps, args.generate_reps, args.generate_beams]
     if min([*counts, args.generate_batch]) < 1:
         parser.error("--rows, --queries, --keys, --reps and the --generate_* counts must be positive integers")
+
+    def grid() -> tuple[dict, str]:
+        cells = {}
+        for preset in args.presets:
+            config = VanillaTransformerConfig.from_preset(preset)  # a clear error for an unknown preset
+            heads = config.encoder_attention_heads
+            head_dim = config.d_model // heads
+            for rows in args.rows:
+                cells[f"{preset}: {heads} heads of {head_dim}, {rows} rows"] = {
+                    (q, k): (sdpa_over_matmul(rows, heads, q, k, head_dim, args.reps), uses_matmul(rows, heads, q, k))
+                    for q in args.queries
+                    for k in args.keys
+                }
+        return cells, markdown(cells, args.queries, args.keys)
+
+    return run(args, grid, sdpa_everywhere)
+
+
+def run(
+    args: argparse.Namespace,
+    grid: Callable[[], tuple[dict, str]],
+    without_rule: Callable[[], contextlib.AbstractContextManager],
+) -> dict:
+    """What both scripts do with their arguments: the end-to-end A/B of `--generate`, else the grid, printed and
+    written to `--output_md`."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.generate:
-        speedups = {
-            preset: generate_speedup(preset, args.generate_reps, args.generate_beams, args.generate_batch)
-            for preset in args.generate
-        }
-        for preset, result in speedups.items():
-            print(
-                f"{preset}: generate() with {args.generate_beams} beams, {args.generate_batch} sentences a batch: "
-                f"{result['median']:.3f}x faster with the rule (median of {args.generate_reps} pairs; "
-                f"{result['min']:.2f}-{result['max']:.2f}x; faster in {result['faster']})"
-            )
-        return speedups
-    grid = {}
-    for preset in args.presets:
-        config = VanillaTransformerConfig.from_preset(preset)  # a clear error for an unknown preset
-        heads = config.encoder_attention_heads
-        head_dim = config.d_model // heads
-        for rows in args.rows:
-            grid[f"{preset}: {heads} heads of {head_dim}, {rows} rows"] = {
-                (q, k): (sdpa_over_matmul(rows, heads, q, k, head_dim, args.reps), uses_matmul(rows, heads, q, k))
-                for q in args.queries
-                for k in args.keys
-            }
-    table = markdown(grid, args.queries, args.keys)
+        return report_generate_speedups(args, without_rule)
+    cells, table = grid()
     print(table)
     if args.output_md:
         args.output_md.write_text(table)
-    return grid
+    return cells
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import attention_shapes  # noqa: E402
 import benchmark  # noqa: E402
 import count_operators  # noqa: E402
+import linear_shapes  # noqa: E402
 import profile_training  # noqa: E402
 
 MICRO = "micro:16:1:2:32"
@@ -356,8 +357,9 @@ def test_attention_shapes_times_each_cell_and_marks_where_the_model_runs_matrix_
     assert f"| 4 | {grid[names[1]][4, 4][0]:.2f}* |" in table and f"| 4 | {grid[names[0]][4, 4][0]:.2f} |" in table
 
 
-def test_attention_shapes_ab_of_generate_pairs_each_timing_of_the_rule_with_one_of_sdpa(capsys):
-    speedups = attention_shapes.main(["--generate", "tiny", "--generate_reps", "2", "--generate_batch", "8"])
+@pytest.mark.parametrize("script", [attention_shapes, linear_shapes])
+def test_shapes_ab_of_generate_pairs_each_timing_of_the_rule_with_one_without(script, capsys):
+    speedups = script.main(["--generate", "tiny", "--generate_reps", "2", "--generate_batch", "8"])
     result = speedups["tiny"]
     assert list(speedups) == ["tiny"] and 0 < result["min"] <= result["median"] <= result["max"]
     assert 0 <= result["faster"] <= 2
@@ -365,8 +367,40 @@ def test_attention_shapes_ab_of_generate_pairs_each_timing_of_the_rule_with_one_
     assert expected in capsys.readouterr().out
 
 
+def test_the_ab_arms_without_a_rule_run_sdpas_kernel_and_f_linear_everywhere():
+    with torch.no_grad():
+        assert linear_shapes.uses_onednn(1, 128, 10000) and attention_shapes.uses_matmul(64, 4, 4, 4)
+        with linear_shapes.linear_everywhere():
+            assert not linear_shapes.uses_onednn(1, 128, 10000)
+        with attention_shapes.sdpa_everywhere():
+            assert not attention_shapes.uses_matmul(64, 4, 4, 4)
+
+
 def test_attention_shapes_rejects_empty_shapes(capsys):
     with pytest.raises(SystemExit):
         attention_shapes.main(["--generate_batch", "0"])
     expected = "--rows, --queries, --keys, --reps and the --generate_* counts must be positive integers"
     assert expected in capsys.readouterr().err
+
+
+def test_linear_shapes_times_each_layer_and_marks_where_the_model_runs_onednn(tmp_path, capsys):
+    md_path = tmp_path / "linears.md"
+    grid = linear_shapes.main(["--rows", "1", "64", "--presets", "small", "--reps", "1", "--output_md", str(md_path)])
+    names = ["attention (256 x 256)", "ffn in (256 x 1024)", "ffn out (1024 x 256)", "output (256 x 10000)"]
+    assert list(grid) == [f"small: {name}" for name in names]
+    assert all(len(cells) == 2 and all(ratio > 0 for ratio, _ in cells) for cells in grid.values())
+    # oneDNN for the output projection at any rows, for the others from 64 rows (64 x 256 x 256 multiply-adds)
+    assert [[used for _, used in cells] for cells in grid.values()] == [[False, True]] * 3 + [[True, True]]
+    table = md_path.read_text()
+    assert table == capsys.readouterr().out.rstrip("\n") + "\n"
+    ratios = [f"{ratio:.2f}" for ratio, _ in grid["small: attention (256 x 256)"]]
+    assert f"| small: attention (256 x 256) | {ratios[0]} | {ratios[1]}* |" in table
+
+
+def test_linear_shapes_rejects_empty_shapes_and_unknown_presets(capsys):
+    with pytest.raises(SystemExit):
+        linear_shapes.main(["--rows", "0"])
+    expected = "--rows, --vocab_size, --reps and the --generate_* counts must be positive integers"
+    assert expected in capsys.readouterr().err
+    with pytest.raises(ValueError, match="Unknown preset 'huge'"):
+        linear_shapes.main(["--presets", "huge"])

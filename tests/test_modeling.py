@@ -11,11 +11,16 @@ from conftest import TINY, make_tiny_model, randomize_attention_biases
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer import modeling_vanilla_transformer as modeling
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
     MATMUL_ATTENTION_MAX_SCORES,
     MATMUL_ATTENTION_MIN_HEADS,
+    ONEDNN_LINEAR_MIN_WEIGHTS,
+    ONEDNN_LINEAR_MIN_WORK,
     PackedTokens,
+    VanillaTransformerLinear,
     _attention_kernels,
+    _onednn_linear,
     dropout,
     eager_attention_forward,
     shift_tokens_right,
@@ -392,6 +397,61 @@ def test_cpu_inference_keeps_sdpas_kernel_for_few_heads_a_call(sentences, target
         assert kernels == (2 * TINY["decoder_layers"], TINY["encoder_layers"])
     else:
         assert kernels == (TINY["encoder_layers"] + 2 * TINY["decoder_layers"], 0)
+
+
+def test_cpu_inference_runs_large_linear_layers_and_calls_with_work_enough_through_onednn():
+    def runs_onednn(rows: int, in_features: int, out_features: int) -> bool:
+        return _onednn_linear(torch.empty(rows, in_features), torch.empty(out_features, in_features))
+
+    with torch.no_grad():
+        assert ONEDNN_LINEAR_MIN_WEIGHTS == 1024 * 1024 and ONEDNN_LINEAR_MIN_WORK == 64 * 256 * 256
+        assert runs_onednn(1, 128, 10000) and runs_onednn(1, 1024, 1024)  # large layers: any rows
+        assert not runs_onednn(1, 1023, 1024) and not runs_onednn(16, 256, 256)
+        assert runs_onednn(64, 256, 256) and not runs_onednn(63, 256, 256)
+        assert _onednn_linear(torch.empty(2, 32, 256), torch.empty(256, 256))  # rows: all but the last dimension
+        assert not _onednn_linear(torch.empty(1, 128, dtype=torch.bfloat16), torch.empty(10000, 128).bfloat16())
+    with torch.inference_mode():
+        assert runs_onednn(1, 128, 10000)
+    large = torch.nn.Parameter(torch.empty(10000, 128))
+    assert not _onednn_linear(torch.empty(1, 128), large)  # a gradient wanted: oneDNN's product has no backward
+    assert not _onednn_linear(torch.empty(1, 128, requires_grad=True), large.detach())
+    assert _onednn_linear(torch.empty(1, 128), large.detach())
+
+
+def linear_kernels_run(function, *args, **kwargs) -> tuple[int, int]:
+    """(oneDNN's products, MKL's) that a call runs; with autograd F.linear dispatches as addmm or mm."""
+    counts = count_operators.operator_counts(function, *args, **kwargs)
+    return counts["_linear_pointwise"], counts["linear"] + counts["addmm"] + counts["mm"]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_layers_give_f_linears_values_through_onednn_and_gradients_without(bias):
+    torch.manual_seed(0)
+    layer = VanillaTransformerLinear(128, 10000, bias=bias)
+    inputs = torch.randn(3, 5, 128)
+    expected = torch.nn.functional.linear(inputs, layer.weight, layer.bias)
+    with torch.no_grad():
+        assert linear_kernels_run(layer, inputs) == (1, 0)
+        torch.testing.assert_close(layer(inputs), expected)
+    assert linear_kernels_run(layer, inputs) == (0, 1)
+    layer(inputs).square().sum().backward()
+    gradient = torch.autograd.grad(expected.square().sum(), layer.weight)[0]
+    torch.testing.assert_close(layer.weight.grad, gradient)
+
+
+def test_cpu_inference_runs_each_linear_layer_through_onednn_where_the_rule_says(batch, monkeypatch):
+    """With the limits lowered to the test model's size: every projection, feed-forward layer and the output
+    projection in inference without gradients, none in training, and the same logits and translations."""
+    model = make_tiny_model()
+    layers = 6 * TINY["encoder_layers"] + 10 * TINY["decoder_layers"] + 1
+    with torch.no_grad():
+        logits = model(**batch).logits
+        generated = model.generate(**{k: batch[k] for k in ("input_ids", "attention_mask")})
+        monkeypatch.setattr(modeling, "ONEDNN_LINEAR_MIN_WEIGHTS", TINY["d_model"] ** 2)
+        assert linear_kernels_run(model, **batch) == (layers, 0)
+        torch.testing.assert_close(model(**batch).logits, logits)
+        assert torch.equal(model.generate(**{k: batch[k] for k in ("input_ids", "attention_mask")}), generated)
+    assert linear_kernels_run(model.train(), **batch)[0] == 0
 
 
 def sdpa_kernels() -> list[SDPBackend]:
