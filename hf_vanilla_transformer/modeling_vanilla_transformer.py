@@ -178,8 +178,8 @@ def _cpu_inference_attention(query: torch.Tensor, key: torch.Tensor, training: b
 
 # On the CPU `F.linear` runs MKL's sgemm. oneDNN's matrix product, the one torch.compile's CPU code calls for linear
 # layers, computes the same x W^T + b faster where a call has enough work to repay its larger fixed cost: in a grid
-# of our layers' shapes on 2 cores, 1.2-3.8x for the output projection (also for one row) and 1.0-2.2x for base's
-# and small's feed-forward layers, while small layers at few rows ran at 0.24-0.8x MKL's time
+# of our layers' shapes on 2 cores, 1.1-3.8x for the output projection (also for one row) and mostly 1.0-3.5x for
+# base's and small's feed-forward layers, while small layers at few rows ran at 0.2-0.8x MKL's time
 # (`benchmarks/RESULTS.md`). It has no backward pass, so only where no gradient is wanted.
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 ONEDNN_LINEAR_MIN_WEIGHTS = 2**20  # in x out: a layer this large runs oneDNN at any number of rows
