@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase
 
 from .configuration_vanilla_transformer import PRESETS, VanillaTransformerConfig
+from .cpu_memory import reuse_freed_cpu_memory
 from .data import load_parallel_corpus
 from .metrics import moses_detokenize, multi_bleu, sacrebleu_scores, tokenized_bleu
 from .model_card import write_model_card
@@ -322,6 +323,15 @@ def load_model_and_tokenizer(name_or_path: str | Path) -> tuple:
     return model, tokenizer
 
 
+def load_for_generation(name_or_path: str | Path, device: torch.device) -> tuple:
+    """`load_model_and_tokenizer`, with the model moved to `device`; on a CPU, malloc then keeps freed blocks for
+    the next step's (rows, vocabulary) scores (`reuse_freed_cpu_memory`)."""
+    model, tokenizer = load_model_and_tokenizer(name_or_path)
+    if device.type == "cpu" and reuse_freed_cpu_memory():
+        logger.info("CPU decoding: malloc keeps freed blocks of up to 1 GiB for reuse (reuse_freed_cpu_memory)")
+    return model.to(device), tokenizer
+
+
 @torch.no_grad()
 def translate(
     model, tokenizer: PreTrainedTokenizerBase, lines: Sequence[str], batch_size: int = 64, **generate_kwargs
@@ -494,6 +504,7 @@ __all__ = [
     "evaluate_splits",
     "export_model_folder",
     "last_complete_checkpoint",
+    "load_for_generation",
     "load_model_and_tokenizer",
     "load_or_train_tokenizer",
     "parse_args",

@@ -14,7 +14,6 @@ What the stock Trainer lacks, and this subclass adds:
 """
 
 import copy
-import ctypes
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,31 +26,13 @@ from transformers.trainer_utils import seed_worker
 from transformers.utils import logging
 
 from .batching import TokenBudgetBatchSampler, padding_stats
+from .cpu_memory import reuse_freed_cpu_memory
 from .losses import label_smoothed_nll_loss
 from .schedule import build_optimizer
 
 logger = logging.get_logger(__name__)
 
 PAPER_TOKENS_PER_UPDATE = 25000  # §5.1: "approximately 25000 source tokens and 25000 target tokens"
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-_REUSED_BLOCK_BYTES = 1 << 30
-
-
-def reuse_freed_cpu_memory() -> bool:
-    """Makes glibc's malloc keep freed blocks of up to 1 GiB for reuse instead of unmapping them.
-
-    glibc maps every block above its mmap threshold (32 MiB at most by default) afresh from the kernel and unmaps
-    it when freed, so each CPU training step faults in again the pages of its (N, V) logits, log-probabilities
-    and their gradients (256 MB each at 8,192 tokens and V = 8000): allocating and filling one such tensor took
-    72-96 ms, against 10 ms in reused memory (benchmarks/RESULTS.md). torch has no caching allocator on CPU
-    (its tuning guide suggests preloading jemalloc or tcmalloc); this needs nothing installed. Applies to the
-    whole process. Returns whether malloc took the settings: False where the C library is not glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return all(mallopt(parameter, _REUSED_BLOCK_BYTES) for parameter in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD))
 
 
 @dataclass

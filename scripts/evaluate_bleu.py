@@ -12,7 +12,7 @@ from hf_vanilla_transformer.cli import (
     DataArguments,
     GenerationArguments,
     evaluate_splits,
-    load_model_and_tokenizer,
+    load_for_generation,
     parse_args,
     setup_logging,
 )
@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = eval_args.output_dir or eval_args.model_name_or_path
     if eval_args.output_dir is None and not Path(output_dir).is_dir():
         raise ValueError(f"--output_dir is required when --model_name_or_path is not a folder: {output_dir!r}")
-    model, tokenizer = load_model_and_tokenizer(eval_args.model_name_or_path)
-    model = model.to(generation_args.torch_device())
+    model, tokenizer = load_for_generation(eval_args.model_name_or_path, generation_args.torch_device())
     return evaluate_splits(
         model,
         tokenizer,

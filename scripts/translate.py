@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hf_vanilla_transformer.cli import (
     GenerationArguments,
-    load_model_and_tokenizer,
+    load_for_generation,
     parse_args,
     setup_logging,
     translate,
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     args, generation_args = parse_args((TranslateArguments, GenerationArguments), argv)
     setup_logging(logging.WARNING)  # stdout may be the translations: keep the chatter on stderr short
     lines = split_lines(read_utf8(args.input))
-    model, tokenizer = load_model_and_tokenizer(args.model_name_or_path)
-    model = model.to(generation_args.torch_device())
+    model, tokenizer = load_for_generation(args.model_name_or_path, generation_args.torch_device())
     translations = translate(model, tokenizer, lines, generation_args.batch_size, **generation_args.generate_kwargs())
     out = "".join(f"{t}\n" for t in translations)
     if args.output:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import accelerate
 import pytest
@@ -22,7 +23,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_vanilla_transformer.batching import batch_by_tokens
-from hf_vanilla_transformer.cli import GenerationArguments, ModelArguments, build_model, parse_args
+from hf_vanilla_transformer.cli import (
+    GenerationArguments,
+    ModelArguments,
+    build_model,
+    load_for_generation,
+    parse_args,
+)
 from hf_vanilla_transformer.data import load_parallel_corpus, tokenize_corpus
 from hf_vanilla_transformer.metrics import (
     moses_detokenize,
@@ -358,6 +365,19 @@ def test_translate_script_from_file_and_stdin(corpus, run, tmp_path, monkeypatch
     capsys.readouterr()
     translate.main(flags(options))
     assert capsys.readouterr().out == f"{expected[0]}\n{expected[3]}\n"
+
+
+def test_decoding_on_cpu_keeps_freed_blocks_for_reuse(run, tmp_path):
+    """translate.py and evaluate_bleu.py load through load_for_generation: malloc tuned on a CPU, not elsewhere."""
+    model_dir = run / "averaged"
+    with mock.patch("hf_vanilla_transformer.cli.reuse_freed_cpu_memory", return_value=True) as reuse:
+        model, _ = load_for_generation(model_dir, torch.device("meta"))
+        assert model.device.type == "meta" and reuse.call_count == 0
+        model, _ = load_for_generation(model_dir, torch.device("cpu"))
+        assert model.device.type == "cpu" and reuse.call_count == 1
+        (tmp_path / "src.en").write_text("A man.\n")
+        script("translate").main(flags({"model_name_or_path": str(model_dir), "input": str(tmp_path / "src.en")}))
+        assert reuse.call_count == 2
 
 
 EXPECTED_HUB_FILES = [

@@ -156,7 +156,7 @@ def test_no_memory_is_pinned_without_an_accelerator(tokenizer, tmp_path):
 
 RSS_KEPT_AFTER_FREEING_64_MIB = """
 import sys, torch
-from hf_vanilla_transformer.trainer import reuse_freed_cpu_memory
+from hf_vanilla_transformer.cpu_memory import reuse_freed_cpu_memory
 def rss_kib():
     return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
 if sys.argv[1] == "reuse":
