@@ -34,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -701,22 +701,40 @@ def torch_nn_engine(model: TorchTransformerTranslator, settings: Settings) -> En
     return Engine("torch_nn", translate, ("greedy",))
 
 
-def ctranslate2_engine(
-    name: str, model_dir: Path, compute_type: str, tokenizer: PreTrainedTokenizerFast, settings: Settings
-) -> Engine:
-    device = "cuda" if settings.device.startswith("cuda") else "cpu"
-    translator = ctranslate2.Translator(
-        str(model_dir), device=device, compute_type=compute_type, intra_threads=torch.get_num_threads()
+# CTranslate2 runs in a process of its own. Its wheel brings a second OpenMP runtime (its own libgomp), and once it
+# had translated in this process, every torch operator that runs on two threads here was slower for good: a
+# 128 x 128 matrix product 29 -> 110-160 us, the `tiny` models' greedy decoding 0.21 -> 0.53 s a batch
+# (benchmarks/RESULTS.md), so the rows measured after it were not the models' speed.
+_CTRANSLATE2_TRANSLATORS: dict[str, tuple] = {}  # in the CTranslate2 process: engine name -> (translator, tokenizer)
+
+
+def _load_ctranslate2(name: str, model_dir: str, compute_type: str, device: str, threads: int, vocab: int) -> None:
+    translator = ctranslate2.Translator(model_dir, device=device, compute_type=compute_type, intra_threads=threads)
+    _CTRANSLATE2_TRANSLATORS[name] = (translator, benchmark_tokenizer(vocab))
+
+
+def _ctranslate2_translate(name: str, sources: list[list[int]], num_beams: int, output_length: int) -> None:
+    translator, tokenizer = _CTRANSLATE2_TRANSLATORS[name]
+    translator.translate_batch(
+        [tokenizer.convert_ids_to_tokens(s) for s in sources],
+        beam_size=num_beams,
+        length_penalty=1.0,
+        min_decoding_length=output_length,
+        max_decoding_length=output_length,
     )
 
-    def translate(sources: list[list[int]], decoding: str):
-        return translator.translate_batch(
-            [tokenizer.convert_ids_to_tokens(s) for s in sources],
-            beam_size=DECODINGS[decoding]["num_beams"],
-            length_penalty=1.0,
-            min_decoding_length=settings.output_length,
-            max_decoding_length=settings.output_length,
-        )
+
+def ctranslate2_engine(
+    name: str, model_dir: Path, compute_type: str, vocab_size: int, server: ProcessPoolExecutor, settings: Settings
+) -> Engine:
+    """A CTranslate2 model loaded in `server`, the CTranslate2 process; each call there and back adds ~0.3 ms."""
+    device = "cuda" if settings.device.startswith("cuda") else "cpu"
+    threads = torch.get_num_threads()
+    server.submit(_load_ctranslate2, name, str(model_dir), compute_type, device, threads, vocab_size).result()
+
+    def translate(sources: list[list[int]], decoding: str) -> None:
+        num_beams = DECODINGS[decoding]["num_beams"]
+        server.submit(_ctranslate2_translate, name, sources, num_beams, settings.output_length).result()
 
     return Engine(name, translate, ("greedy", "beam4"))
 
@@ -728,39 +746,45 @@ def ctranslate2_compute_types(settings: Settings) -> dict[str, str]:
     return {"float32": "float32", "int8": "int8"}
 
 
+@contextlib.contextmanager
 def ctranslate2_engines(
     models: dict[str, nn.Module], settings: Settings, workdir: Path, skipped: list[str]
-) -> list[Engine]:
-    """Our model through our exporter, Marian through CTranslate2's TransformersConverter; failures are skipped."""
+) -> Iterator[list[Engine]]:
+    """Our model through our exporter, Marian through CTranslate2's TransformersConverter, served by one
+    CTranslate2 process while the context lasts; failures are skipped."""
     if ctranslate2 is None:
         skipped.append("CTranslate2 rows: the ctranslate2 package is not installed")
-        return []
+        yield []
+        return
     if settings.device.startswith("cuda") and ctranslate2.get_cuda_device_count() == 0:
         skipped.append("CTranslate2 rows: this ctranslate2 build sees no CUDA device (it needs CUDA 12 libraries)")
-        return []
+        yield []
+        return
     from ctranslate2.converters import TransformersConverter
 
     from hf_vanilla_transformer.export_ctranslate2 import VanillaTransformerConverter
 
-    tokenizer = benchmark_tokenizer(models["ours"].config.vocab_size)
+    vocab_size = models["ours"].config.vocab_size
+    tokenizer = benchmark_tokenizer(vocab_size)
     marian_dir = workdir / "marian"
     models["marian"].save_pretrained(marian_dir)
     tokenizer.save_pretrained(marian_dir)
-    engines = []
-    for label, compute_type in ctranslate2_compute_types(settings).items():
-        quantization = None if label == "float32" else compute_type
-        converters = {
-            "ours": VanillaTransformerConverter(models["ours"], tokenizer),
-            "marian": TransformersConverter(str(marian_dir)),
-        }
-        for model_name, converter in converters.items():
-            name = f"ct2_{model_name}_{label}"
-            try:
-                output = converter.convert(str(workdir / name), quantization=quantization, force=True)
-                engines.append(ctranslate2_engine(name, Path(output), compute_type, tokenizer, settings))
-            except (RuntimeError, ValueError) as error:
-                skipped.append(f"{name}: {error}")
-    return engines
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as server:
+        engines = []
+        for label, compute_type in ctranslate2_compute_types(settings).items():
+            quantization = None if label == "float32" else compute_type
+            converters = {
+                "ours": VanillaTransformerConverter(models["ours"], tokenizer),
+                "marian": TransformersConverter(str(marian_dir)),
+            }
+            for model_name, converter in converters.items():
+                name = f"ct2_{model_name}_{label}"
+                try:
+                    output = converter.convert(str(workdir / name), quantization=quantization, force=True)
+                    engines.append(ctranslate2_engine(name, Path(output), compute_type, vocab_size, server, settings))
+                except (RuntimeError, ValueError) as error:
+                    skipped.append(f"{name}: {error}")
+        yield engines
 
 
 def translate_all(engine: Engine, chunks: list[list[list[int]]], decoding: str) -> None:
@@ -837,8 +861,10 @@ class Report:
 
 def benchmark_inference(size: str, models: dict[str, nn.Module], settings: Settings, report: Report) -> None:
     """Throughput and latency of every engine; CTranslate2 exports are made first, from the untrained weights."""
-    with tempfile.TemporaryDirectory() as workdir:
-        ctranslate2_rows = ctranslate2_engines(models, settings, Path(workdir), report.skipped)
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        ctranslate2_engines(models, settings, Path(workdir), report.skipped) as ctranslate2_rows,
+    ):
         for model in models.values():
             model.to(settings.device).eval()
         engines = [

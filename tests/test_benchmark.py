@@ -231,6 +231,21 @@ def test_quick_run_on_a_micro_size_reports_every_model_engine_and_decoding(tmp_p
     assert "| micro | ct2_marian_int8 | beam4 |" in markdown and "## Single-sentence latency" in markdown
 
 
+def test_ctranslate2_translates_in_a_process_of_its_own(tmp_path):
+    """CTranslate2's own OpenMP runtime, once it has run here, slows torch's two-thread operators in this process:
+    its translators are loaded and run in a child process (a thread pool instead would load them here)."""
+    pytest.importorskip("ctranslate2")
+    _, config = benchmark.parse_size(MICRO, 64)
+    models = benchmark.build_models(config)
+    sources = benchmark.random_sentences(3, 64, torch.Generator().manual_seed(0))
+    with benchmark.ctranslate2_engines(models, benchmark.Settings(sizes={}), tmp_path, skipped := []) as engines:
+        assert skipped == [] and len(engines) == 4
+        for engine in engines:
+            for decoding in engine.decodings:
+                engine.translate(sources, decoding)
+    assert benchmark._CTRANSLATE2_TRANSLATORS == {}
+
+
 def test_train_models_measures_those_models_only(tmp_path):
     json_path, md_path = tmp_path / "bench.json", tmp_path / "bench.md"
     args = ["--quick", "--sizes", MICRO, "--vocab_size", "64", "--skip_memory", "--skip_inference"]
