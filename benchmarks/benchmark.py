@@ -701,10 +701,11 @@ def torch_nn_engine(model: TorchTransformerTranslator, settings: Settings) -> En
     return Engine("torch_nn", translate, ("greedy",))
 
 
-# CTranslate2 runs in a process of its own. Its wheel brings a second OpenMP runtime (its own libgomp), and once it
-# had translated in this process, every torch operator that runs on two threads here was slower for good: a
-# 128 x 128 matrix product 29 -> 110-160 us, the `tiny` models' greedy decoding 0.21 -> 0.53 s a batch
-# (benchmarks/RESULTS.md), so the rows measured after it were not the models' speed.
+# CTranslate2 runs in a process of its own. Its OpenMP calls bind to torch's libgomp (the one already loaded), where
+# its translating thread gets a team of threads of its own: the runtime then manages more threads than there are
+# cores and stops spin-waiting (libgomp's GOMP_SPINCOUNT rule), so every later parallel torch operator here waits
+# for its threads to wake: a 128 x 128 matrix product on 2 threads took 29 -> 110-160 us, a `tiny` greedy batch
+# 0.21 -> 0.53 s (benchmarks/RESULTS.md, session 17), and the PyTorch rows measured after it were not the models'.
 _CTRANSLATE2_TRANSLATORS: dict[str, tuple] = {}  # in the CTranslate2 process: engine name -> (translator, tokenizer)
 
 
