@@ -232,8 +232,8 @@ def test_quick_run_on_a_micro_size_reports_every_model_engine_and_decoding(tmp_p
 
 
 def test_ctranslate2_translates_in_a_process_of_its_own(tmp_path):
-    """CTranslate2's own OpenMP runtime, once it has run here, slows torch's two-thread operators in this process:
-    its translators are loaded and run in a child process (a thread pool instead would load them here)."""
+    """CTranslate2's OpenMP work, once it has run here, slows torch's two-thread operators in this process: its
+    translators are loaded and run in a child process (a thread pool instead would load them here)."""
     pytest.importorskip("ctranslate2")
     _, config = benchmark.parse_size(MICRO, 64)
     models = benchmark.build_models(config)

@@ -368,7 +368,7 @@ def test_translate_script_from_file_and_stdin(corpus, run, tmp_path, monkeypatch
 
 
 def test_decoding_on_cpu_keeps_freed_blocks_for_reuse(run, tmp_path):
-    """translate.py and evaluate_bleu.py load through load_for_generation: malloc tuned on a CPU, not elsewhere."""
+    """translate.py (as evaluate_bleu.py) loads through load_for_generation: malloc tuned on a CPU, not elsewhere."""
     model_dir = run / "averaged"
     with mock.patch("hf_vanilla_transformer.cli.reuse_freed_cpu_memory", return_value=True) as reuse:
         model, _ = load_for_generation(model_dir, torch.device("meta"))
