@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import TINY, make_tiny_model, randomize_attention_biases
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer import modeling_vanilla_transformer as modeling
@@ -452,6 +453,60 @@ def test_cpu_inference_runs_each_linear_layer_through_onednn_where_the_rule_says
         torch.testing.assert_close(model(**batch).logits, logits)
         assert torch.equal(model.generate(**{k: batch[k] for k in ("input_ids", "attention_mask")}), generated)
     assert linear_kernels_run(model.train(), **batch)[0] == 0
+
+
+def linear_layers(module: torch.nn.Module) -> list[VanillaTransformerLinear]:
+    return [m for m in module.modules() if isinstance(m, VanillaTransformerLinear)]
+
+
+class PackedWeightsSeen(LogitsProcessor):
+    """Notes at each step which layers hold a packed weight; raises at step `fail_at` if given."""
+
+    def __init__(self, model: VanillaTransformerForConditionalGeneration, fail_at: int | None = None):
+        self.model, self.fail_at, self.steps = model, fail_at, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        held = {name for name, m in self.model.named_modules() if getattr(m, "packed_weight", None) is not None}
+        self.steps.append(held)
+        if len(self.steps) == self.fail_at:
+            raise RuntimeError("stopped by the test")
+        return scores
+
+
+def test_beam_search_on_cpu_packs_the_large_decoder_weights_for_the_call_only(batch, monkeypatch):
+    """The decoder's and the output projection's products of large enough layers run oneDNN with weights packed
+    once for the call; the encoder (run once) keeps its rule; nothing stays packed afterwards, even after an error;
+    the same translations."""
+    model = make_tiny_model()
+    sources = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    decoder = {
+        f"model.decoder.{name}": layer.weight.numel()
+        for name, layer in model.model.decoder.named_modules()
+        if isinstance(layer, VanillaTransformerLinear)
+    }
+    assert set(decoder.values()) == {TINY["d_model"] ** 2, TINY["d_model"] * TINY["decoder_ffn_dim"]}
+    for limit in (TINY["d_model"] ** 2, TINY["d_model"] * TINY["decoder_ffn_dim"]):
+        monkeypatch.setattr(modeling, "PACKED_LINEAR_MIN_WEIGHTS", limit)
+        seen = PackedWeightsSeen(model)
+        model.generate(**sources, num_beams=3, logits_processor=LogitsProcessorList([seen]))
+        packed = {name for name, weights in decoder.items() if weights >= limit} | {"lm_head"}
+        assert seen.steps and all(held == packed for held in seen.steps)
+    monkeypatch.setattr(modeling, "PACKED_LINEAR_MIN_WEIGHTS", TINY["d_model"] ** 2)
+    kernels = linear_kernels_run(model.generate, **sources, num_beams=3)
+    assert kernels[1] == 6 * TINY["encoder_layers"]  # the encoder's products, below the rule's limits: MKL
+    assert all(layer.packed_weight is None for layer in linear_layers(model))
+    generated = model.generate(**sources, num_beams=3)
+    with monkeypatch.context() as patched:
+        patched.setattr(modeling, "ONEDNN_LINEAR", False)
+        assert torch.equal(model.generate(**sources, num_beams=3), generated)
+
+    greedy = PackedWeightsSeen(model)
+    model.generate(**sources, num_beams=1, logits_processor=LogitsProcessorList([greedy]))
+    assert greedy.steps and not any(greedy.steps)
+    failing = PackedWeightsSeen(model, fail_at=2)
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        model.generate(**sources, num_beams=3, logits_processor=LogitsProcessorList([failing]))
+    assert all(layer.packed_weight is None for layer in linear_layers(model))
 
 
 def sdpa_kernels() -> list[SDPBackend]:
