@@ -209,7 +209,8 @@ class VanillaTransformerLinear(nn.Linear):
     packed_weight: torch.Tensor | None = None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.packed_weight is not None and inputs.dtype == torch.float32 and not torch.is_grad_enabled():
+        holds_packed = self.packed_weight is not None and not torch.is_grad_enabled()
+        if holds_packed and inputs.dtype == torch.float32 and _on_eager_cpu(inputs.device):
             return onednn_linear(inputs, self.packed_weight, self.bias)
         if _onednn_linear(inputs, self.weight):
             return onednn_linear(inputs, self.weight, self.bias)
@@ -929,7 +930,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         With `max_length_offset` set in the generation config (default 50 for our models) and neither
         `max_length` nor `max_new_tokens` passed, each sentence stops at its own source length (non-pad tokens,
         </s> included) + offset, and with learned positions at `max_position_embeddings` tokens at most.
-        The GNMT length penalty is applied in `_beam_search`.
+        The GNMT length penalty is applied in `_beam_search`. On the CPU a beam search packs its weights once
+        (`_packed_decoder_weights`).
         """
         config = generation_config if generation_config is not None else self.generation_config
         num_beams = kwargs.get("num_beams", config.num_beams)
