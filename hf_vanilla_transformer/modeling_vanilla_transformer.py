@@ -970,14 +970,14 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         (benchmarks/RESULTS.md). Held by the layers for the call only: a weight changed later (also through
         `.data`, which its version counter does not see) is never read stale.
         """
+        if num_beams < 2 or not (ONEDNN_LINEAR and _on_eager_cpu(self.device) and self.dtype == torch.float32):
+            yield
+            return
         layers = [
             m
             for m in (*self.model.decoder.modules(), self.lm_head)
             if isinstance(m, VanillaTransformerLinear) and m.weight.numel() >= PACKED_LINEAR_MIN_WEIGHTS
         ]
-        if num_beams < 2 or not (ONEDNN_LINEAR and _on_eager_cpu(self.device) and self.dtype == torch.float32):
-            yield
-            return
         with torch.no_grad():
             for layer in layers:
                 layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight)
