@@ -704,8 +704,8 @@ def torch_nn_engine(model: TorchTransformerTranslator, settings: Settings) -> En
 # CTranslate2 runs in a process of its own. Its OpenMP calls bind to torch's libgomp (the one already loaded), where
 # its translating thread gets a team of threads of its own: the runtime then manages more threads than there are
 # cores and stops spin-waiting (libgomp's GOMP_SPINCOUNT rule), so every later parallel torch operator here waits
-# for its threads to wake: a 128 x 128 matrix product on 2 threads took 29 -> 110-160 us, a `tiny` greedy batch
-# 0.21 -> 0.53 s (benchmarks/RESULTS.md, session 17), and the PyTorch rows measured after it were not the models'.
+# for its threads to wake: a 128 x 128 matrix product on 2 threads took 29-33 -> 94-163 us, a `tiny` greedy batch
+# 0.21 -> 0.53-0.62 s (benchmarks/RESULTS.md, session 17), and the PyTorch rows measured after it were not the models'.
 _CTRANSLATE2_TRANSLATORS: dict[str, tuple] = {}  # in the CTranslate2 process: engine name -> (translator, tokenizer)
 
 
