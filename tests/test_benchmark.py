@@ -197,6 +197,29 @@ def test_round_robin_order_rotates_and_ratios_are_relative_to_marian():
     assert [row.vs_marian for row in rows] == [1.0, 1.5]
 
 
+def test_throughput_takes_each_batch_through_every_engine_in_turn():
+    calls = []
+
+    def engine(name: str) -> benchmark.Engine:  # beam 4 only: no engine takes part in the other decodings
+        def translate(sources: list[list[int]], decoding: str) -> None:
+            calls.append((name, sources[0][0], decoding))
+
+        return benchmark.Engine(name, translate, ("beam4",))
+
+    settings = benchmark.Settings(sizes={}, batch_size=2, inference_reps=2)
+    sources = [[1], [1], [2], [2], [3]]  # batches of 2: first tokens 1, 2, 3
+    results = benchmark.measure_throughput("s", [engine("a"), engine("b")], sources, settings)
+    warm_up, timed_calls = calls[:2], calls[2:]
+    assert warm_up == [("a", 1, "beam4"), ("b", 1, "beam4")]
+    order = [(name, batch) for name, batch, _ in timed_calls]
+    assert order == [
+        ("a", 1), ("b", 1), ("b", 2), ("a", 2), ("a", 3), ("b", 3),  # repetition 1: each batch, engines rotating
+        ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3),  # repetition 2
+    ]  # fmt: skip
+    assert [(row.engine, row.sentences) for row in results] == [("a", 10), ("b", 10)]
+    assert all(row.sentences_per_s == 10 / row.seconds for row in results)
+
+
 def test_quick_run_on_a_micro_size_reports_every_model_engine_and_decoding(tmp_path):
     pytest.importorskip("ctranslate2")
     json_path, md_path = tmp_path / "bench.json", tmp_path / "bench.md"
