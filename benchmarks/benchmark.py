@@ -792,9 +792,7 @@ def measure_throughput(
     size: str, engines: list[Engine], sources: list[list[int]], settings: Settings
 ) -> list[ThroughputResult]:
     """Per decoding, every engine translates all `sources` once per repetition, batch by batch: each batch through
-    every engine in turn (round-robin), so that the machine's drift hits all engines alike. (Whole repetitions in
-    turn put seconds between the engines' turns: ours at `small` ran the same forced-length
-    beam search 20% faster as `beam4_gnmt` than as `beam4`, in one run.)"""
+    every engine in turn (round-robin), so that drift of the machine within a repetition hits all engines alike."""
     chunks = [sources[i : i + settings.batch_size] for i in range(0, len(sources), settings.batch_size)]
     results = []
     for decoding in DECODINGS:
