@@ -794,6 +794,7 @@ def measure_throughput(
     """Per decoding, every engine translates all `sources` once per repetition, batch by batch: each batch through
     every engine in turn (round-robin), so that drift of the machine within a repetition hits all engines alike."""
     chunks = [sources[i : i + settings.batch_size] for i in range(0, len(sources), settings.batch_size)]
+    sentences = len(sources) * settings.inference_reps
     results = []
     for decoding in DECODINGS:
         taking_part = [engine for engine in engines if decoding in engine.decodings]
@@ -812,11 +813,11 @@ def measure_throughput(
                     size=size,
                     engine=name,
                     decoding=decoding,
-                    sentences=len(sources) * settings.inference_reps,
+                    sentences=sentences,
                     batch_size=settings.batch_size,
                     output_length=settings.output_length,
                     seconds=sum(seconds),
-                    sentences_per_s=len(sources) * settings.inference_reps / sum(seconds),
+                    sentences_per_s=sentences / sum(seconds),
                 )
             )
     return results
