@@ -2,13 +2,20 @@
 
 import math
 from functools import partial
+from unittest import mock
 
 import pytest
 import torch
 from conftest import make_tiny_model
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 
-from hf_vanilla_transformer.modeling_vanilla_transformer import PAPER_DECODING, gnmt_length_penalty
+from hf_vanilla_transformer.modeling_vanilla_transformer import (
+    CHUNKED_TOPK_MIN_SCORES,
+    PAPER_DECODING,
+    best_continuations,
+    gnmt_length_penalty,
+    row_topk,
+)
 
 EOS = 2
 
@@ -195,6 +202,77 @@ def test_explicit_max_new_tokens_replaces_the_source_length_limit(lively_model, 
     assert out.shape[1] == 13 and EOS not in out.tolist()
 
 
+# Beam search runs our ranked loop, or transformers' own where outputs beyond the sequences are asked for.
+LOOPS = {"ranked": {}, "transformers": {"output_scores": True, "return_dict_in_generate": True}}
+
+
+def sequences(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.sequences
+
+
+class FavourEndOfSentence(LogitsProcessor):
+    """Raises </s> after every token id divisible by 5: hypotheses then finish at many lengths, in place."""
+
+    def __call__(self, input_ids, scores):
+        scores[:, EOS] += 3.0 * (input_ids[:, -1] % 5 == 0)
+        return scores
+
+
+@pytest.mark.parametrize("vocab", [10000, 9993])  # in whole chunks, and with a shorter last chunk
+def test_row_topk_equals_torch_topk(vocab):
+    scores = torch.randn(128, vocab, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    scores[3, 100:] = -math.inf  # a row with few finite scores
+    scores[5, -1] = 0.0  # a row's best score in its last chunk
+    assert scores.numel() >= CHUNKED_TOPK_MIN_SCORES  # the chunked path
+    top, ids = row_topk(scores, 8)
+    expected = scores.topk(8, dim=-1)
+    assert torch.equal(top, expected.values)
+    finite = top.isfinite()  # the order of equal (-inf) scores is not specified
+    assert torch.equal(ids[finite], expected.indices[finite])
+    assert torch.equal(scores.gather(1, ids), top)
+
+
+def test_best_continuations_equal_the_top_of_all_beam_sums():
+    generator = torch.Generator().manual_seed(0)
+    log_probs = torch.randn(3 * 4, 50, generator=generator).log_softmax(-1)
+    log_probs[5, 7:] = -math.inf  # a row with few finite scores (a forced or masked row)
+    beam_scores = torch.randn(3, 4, generator=generator) * 3
+    beam_scores[0, 1:] = -1.0e9  # a first step: only the first beam continues
+    scores, beams, tokens = best_continuations(log_probs, beam_scores, 8)
+    sums = (log_probs.view(3, 4, 50) + beam_scores[:, :, None]).view(3, -1)  # transformers' way
+    expected_scores, flat = sums.topk(8)
+    assert torch.equal(scores, expected_scores)
+    finite = expected_scores.isfinite()  # the order of equal (-inf) scores is not specified
+    assert torch.equal(beams[finite], (flat // 50)[finite]) and torch.equal(tokens[finite], (flat % 50)[finite])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_beams": 4},
+        {"num_beams": 4, "length_penalty_form": "hf", "early_stopping": True},
+        {"num_beams": 3, "early_stopping": False, "num_return_sequences": 2},
+        {"num_beams": 2, "use_cache": False, "length_penalty": 1.5},
+    ],
+)
+def test_ranked_beam_search_returns_transformers_sequences(kwargs):
+    """Padded sources of many lengths, hypotheses finishing early or at the source-length limit."""
+    model = make_tiny_model()
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(4, 60, (6, 9), generator=generator)
+    for row, length in enumerate((9, 7, 5, 9, 3, 6)):
+        input_ids[row, length - 1], input_ids[row, length:] = EOS, 0
+    inputs = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "max_length_offset": 6, **kwargs}
+    processors = LogitsProcessorList([FavourEndOfSentence()])
+    with mock.patch.object(GenerationMixin, "_beam_search", side_effect=AssertionError("transformers' loop ran")):
+        ranked = model.generate(**inputs, logits_processor=processors)
+    theirs = model.generate(**inputs, logits_processor=processors, return_dict_in_generate=True).sequences
+    assert torch.equal(ranked, theirs)
+    lengths = (ranked != 0).sum(-1)[:: kwargs.get("num_return_sequences", 1)]
+    limits = torch.tensor([length + 6 + 1 for length in (9, 7, 5, 9, 3, 6)])  # + the decoder start
+    assert (lengths < limits).any() and (lengths == limits).any()  # some finished early, some at the limit
+
+
 class ScriptedScores(LogitsProcessor):
     """Replaces the model's log-probabilities by a fixed tree of continuations (the model is ignored).
 
@@ -215,8 +293,9 @@ class ScriptedScores(LogitsProcessor):
         return scripted
 
 
+@pytest.mark.parametrize("loop", ["ranked", "transformers"])
 @pytest.mark.parametrize("form", ["gnmt", "hf"])
-def test_gnmt_and_transformers_length_penalties_rank_as_their_formulas_predict(tiny_model, form):
+def test_gnmt_and_transformers_length_penalties_rank_as_their_formulas_predict(tiny_model, form, loop):
     alpha = 0.6
     short, long = math.log(0.632), math.log(0.368)
     scores = {
@@ -232,12 +311,12 @@ def test_gnmt_and_transformers_length_penalties_rank_as_their_formulas_predict(t
         length_penalty_form=form,
         max_new_tokens=12,
         logits_processor=LogitsProcessorList([ScriptedScores()]),
-        output_scores=True,
-        return_dict_in_generate=True,
+        **LOOPS[loop],
     )
     expected = [1, 5, EOS] if form == "gnmt" else [1, 6, *[7] * 8, EOS]
-    assert strip(out.sequences[0]) == expected
-    assert out.sequences_scores[0].item() == pytest.approx(max(scores), rel=1e-5)
+    assert strip(sequences(out)[0]) == expected
+    if loop == "transformers":
+        assert out.sequences_scores[0].item() == pytest.approx(max(scores), rel=1e-5)
 
 
 class ScriptedEarlyFinishes(LogitsProcessor):
@@ -264,8 +343,9 @@ class ScriptedEarlyFinishes(LogitsProcessor):
         return scripted
 
 
+@pytest.mark.parametrize("loop", ["ranked", "transformers"])
 @pytest.mark.parametrize("early_stopping", [None, True])
-def test_search_terminates_early_only_when_no_running_hypothesis_can_win(tiny_model, early_stopping):
+def test_search_terminates_early_only_when_no_running_hypothesis_can_win(tiny_model, early_stopping, loop):
     """§6.1's "terminate early when possible", the default: not as soon as `num_beams` hypotheses have finished."""
     alpha = 0.6
     out = tiny_model.generate(
@@ -273,15 +353,15 @@ def test_search_terminates_early_only_when_no_running_hypothesis_can_win(tiny_mo
         num_beams=2,
         max_new_tokens=12,
         logits_processor=LogitsProcessorList([ScriptedEarlyFinishes()]),
-        output_scores=True,
-        return_dict_in_generate=True,
+        **LOOPS[loop],
         **({} if early_stopping is None else {"early_stopping": early_stopping}),
     )
     long, short = (math.log(0.5), 10), (math.log(0.3 * 0.9), 2)
     expected = short if early_stopping else long  # early_stopping=True returns the best of what finished first
-    assert strip(out.sequences[0]) == ([1, 8, *[7] * 8, EOS] if expected == long else [1, 5, EOS])
+    assert strip(sequences(out)[0]) == ([1, 8, *[7] * 8, EOS] if expected == long else [1, 5, EOS])
     log_p, length = expected
-    assert out.sequences_scores[0].item() == pytest.approx(log_p / gnmt_length_penalty(length, alpha), rel=1e-5)
+    if loop == "transformers":
+        assert out.sequences_scores[0].item() == pytest.approx(log_p / gnmt_length_penalty(length, alpha), rel=1e-5)
     assert long[0] / gnmt_length_penalty(10, alpha) > short[0] / gnmt_length_penalty(2, alpha)
 
 
