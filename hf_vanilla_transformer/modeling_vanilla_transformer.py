@@ -1108,16 +1108,22 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         beam_indices = running_beam_indices.clone()
         first_row = torch.arange(batch_size, device=device)[:, None] * num_beams
         log_probs = None
+        scoring = {
+            "decoder_prompt_len": prompt_len,
+            "length_penalty": config.length_penalty,
+            "early_stopping": early_stopping,
+        }
 
         flat_running_sequences = input_ids
         model_outputs = self._prefill(input_ids, config, model_kwargs, is_first_iteration=not config.is_assistant)
         while True:
             model_kwargs = self._update_model_kwargs_for_generation(model_outputs, model_kwargs, True)
             logits = model_outputs.logits[:, -1, :].to(device=device, dtype=torch.float32)
-            del model_outputs  # its logits are not kept through the next forward pass
             if log_probs is None:
                 log_probs = torch.empty_like(logits)
-            scores = logits_processor(flat_running_sequences, torch.log_softmax(logits, dim=-1, out=log_probs))
+            torch.log_softmax(logits, dim=-1, out=log_probs)
+            del model_outputs, logits  # the model's logits are not kept through the next forward pass
+            scores = logits_processor(flat_running_sequences, log_probs)
             topk_log_probs, topk_beams, topk_tokens = best_continuations(scores, running_beam_scores, beams_to_keep)
 
             topk_running_sequences = self._gather_beams(running_sequences, topk_beams)
@@ -1149,9 +1155,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
                 top_num_beam_mask=top_num_beam_mask,
                 num_beams=num_beams,
                 cur_len=cur_len,
-                decoder_prompt_len=prompt_len,
-                length_penalty=config.length_penalty,
-                early_stopping=early_stopping,
+                **scoring,
             )
             cache_key = next((key for key in ALL_CACHE_NAMES if key in model_kwargs), None)
             if cache_key is not None:
@@ -1165,9 +1169,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
                 is_sent_finished=is_sent_finished,
                 cur_len=cur_len,
                 max_length=max_length,
-                decoder_prompt_len=prompt_len,
-                early_stopping=early_stopping,
-                length_penalty=config.length_penalty,
+                **scoring,
             )
             if not self._beam_search_has_unfinished_sequences(
                 is_early_stop_heuristic_unsatisfied,
