@@ -1082,7 +1082,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         `best_continuations`; log-probabilities are written to one buffer kept for the call. Where candidates tie
         exactly (common with bf16 logits), either loop may keep either: `topk` leaves the order of equal scores
         unspecified, and the two loops call it on different tensors. Beam 4, 32 sentences
-        of 40 tokens, 2 threads: 1.07-1.13x as fast as transformers' loop at `tiny`, 1.02-1.18x at `small`, the
+        of 40 tokens, 2 threads: 1.07-1.17x as fast as transformers' loop at `tiny`, 1.02-1.18x at `small`, the
         same at `base`, where the forward pass dominates (paired A/Bs, benchmarks/RESULTS.md)."""
         config = generation_config
         num_beams, max_length, early_stopping = config.num_beams, config.max_length, config.early_stopping
