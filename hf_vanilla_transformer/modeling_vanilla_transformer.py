@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
 from transformers.generation import GenerationMixin, LogitsProcessor, LogitsProcessorList
 from transformers.generation.utils import ALL_CACHE_NAMES
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
@@ -32,6 +32,7 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 
@@ -834,6 +835,17 @@ def best_continuations(
     return scores, picked // count, row_tokens.view(batch_size, -1).gather(1, picked)
 
 
+def finished_for_good(
+    is_sent_finished: torch.Tensor, is_early_stop_heuristic_unsatisfied: torch.Tensor, early_stopping: bool | str
+) -> torch.Tensor:
+    """The sentences (B,) whose k finished hypotheses are final: all k slots are filled, and either early stopping
+    is on or no running beam can beat them (transformers' heuristic, which never turns back once satisfied).
+    `_update_finished_beams` puts every later candidate of theirs about 1e9 below the finished scores, so their
+    log-probabilities are never read again."""
+    full = is_sent_finished.all(dim=-1)
+    return full if early_stopping is True else full & ~is_early_stop_heuristic_unsatisfied[:, 0]
+
+
 class SourceLengthLimitLogitsProcessor(LogitsProcessor):
     """Forces </s> once a hypothesis has `limit` tokens, a limit per source sentence (input length + offset)."""
 
@@ -851,6 +863,18 @@ class SourceLengthLimitLogitsProcessor(LogitsProcessor):
         forced = torch.full_like(scores, -math.inf)
         forced[:, self.eos_token_id] = 0.0
         return torch.where(at_limit[:, None], forced, scores)
+
+
+def _cache_of(model_kwargs: dict) -> Cache | None:
+    """The cache among generation's model kwargs, under whichever of transformers' names it has."""
+    return next((model_kwargs[key] for key in ALL_CACHE_NAMES if model_kwargs.get(key) is not None), None)
+
+
+def _select_sentences(value, kept: torch.Tensor):
+    """A per-sentence encoder output (a tensor, or a tuple of them by layer) cut to the sentences at `kept`."""
+    if isinstance(value, tuple):
+        return tuple(_select_sentences(item, kept) for item in value)
+    return value[kept] if isinstance(value, torch.Tensor) else value
 
 
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
@@ -1079,7 +1103,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def _ranked_beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
         """transformers' beam search loop (`GenerationMixin._beam_search`) and its helpers, returning the same
         sequences, with two (B*k, V) tensors a step fewer: no copy of the logits, and the continuations chosen by
-        `best_continuations`; log-probabilities are written to one buffer kept for the call. Where candidates tie
+        `best_continuations`; log-probabilities are written to one buffer kept for the call. The model stops
+        running the sentences whose hypotheses are final (`_drop_sentences`). Where candidates tie
         exactly (common with bf16 logits), either loop may keep either: `topk` leaves the order of equal scores
         unspecified, and the two loops call it on different tensors. Beam 4, 32 sentences
         of 40 tokens, 2 threads: 1.07-1.17x as fast as transformers' loop at `tiny`, 1.02-1.18x at `small`, the
@@ -1110,6 +1135,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         beam_indices = running_beam_indices.clone()
         first_row = torch.arange(batch_size, device=device)[:, None] * num_beams
         log_probs = None
+        decoding = torch.ones(batch_size, dtype=torch.bool, device=device)  # the sentences the model still runs
+        rows = None  # their rows in the flat beams, or None while all are run
+        can_drop = None
         scoring = {
             "decoder_prompt_len": prompt_len,
             "length_penalty": config.length_penalty,
@@ -1123,7 +1151,10 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             logits = model_outputs.logits[:, -1, :].to(device=device, dtype=torch.float32)
             if log_probs is None:
                 log_probs = torch.empty_like(logits)
-            torch.log_softmax(logits, dim=-1, out=log_probs)
+            if rows is None:
+                torch.log_softmax(logits, dim=-1, out=log_probs)
+            else:  # the rows of finished sentences keep stale, never-read values
+                log_probs.index_copy_(0, rows, torch.log_softmax(logits, dim=-1))
             del model_outputs, logits  # the model's logits are not kept through the next forward pass
             scores = logits_processor(flat_running_sequences, log_probs)
             topk_log_probs, topk_beams, topk_tokens = best_continuations(scores, running_beam_scores, beams_to_keep)
@@ -1159,10 +1190,6 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
                 cur_len=cur_len,
                 **scoring,
             )
-            cache_key = next((key for key in ALL_CACHE_NAMES if key in model_kwargs), None)
-            if cache_key is not None:
-                beam_idx = self._flatten_beam_dim(running_beam_indices[..., cur_len - prompt_len])
-                model_kwargs[cache_key] = self._reorder_cache(model_kwargs[cache_key], beam_idx)
             cur_len += 1
             is_early_stop_heuristic_unsatisfied = self._check_early_stop_heuristic(
                 is_early_stop_heuristic_unsatisfied=is_early_stop_heuristic_unsatisfied,
@@ -1180,9 +1207,20 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
                 early_stopping,
             ):
                 break
+            beam_idx = self._flatten_beam_dim(running_beam_indices[..., cur_len - 1 - prompt_len])
+            if can_drop is None:
+                can_drop = self._can_drop_sentences(model_kwargs)
+            if can_drop:
+                finished = finished_for_good(is_sent_finished, is_early_stop_heuristic_unsatisfied, early_stopping)
+                rows, beam_idx, decoding = self._drop_sentences(model_kwargs, beam_idx, decoding, finished, num_beams)
+            cache_key = next((key for key in ALL_CACHE_NAMES if key in model_kwargs), None)
+            if cache_key is not None:
+                model_kwargs[cache_key] = self._reorder_cache(model_kwargs[cache_key], beam_idx)
             flat_running_sequences = self._flatten_beam_dim(running_sequences[:, :, :cur_len])
             model_inputs = self.prepare_inputs_for_generation(
-                flat_running_sequences, next_sequence_length=1 if model_kwargs["use_cache"] else None, **model_kwargs
+                flat_running_sequences if rows is None else flat_running_sequences[rows],
+                next_sequence_length=1 if model_kwargs["use_cache"] else None,
+                **model_kwargs,
             )
             model_outputs = self(**model_inputs, return_dict=True)
 
@@ -1190,6 +1228,53 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         sequences = self._flatten_beam_dim(sequences[:, : config.num_return_sequences])
         beam_indices = self._flatten_beam_dim(beam_indices[:, : config.num_return_sequences])
         return sequences[:, : prompt_len + int((beam_indices >= 0).sum(dim=1).max())]
+
+    @staticmethod
+    def _can_drop_sentences(model_kwargs: dict) -> bool:
+        """Whether `_drop_sentences` can cut all of the model's per-sentence state: the encoder's outputs and
+        padding mask (a `ModelOutput` and a tensor), and an encoder-decoder cache of `DynamicLayer`s (none of
+        fixed size). Any other tensor (a decoder attention mask, a user's extra input) keeps every sentence in the
+        batch."""
+        known = {"encoder_outputs", "attention_mask", *ALL_CACHE_NAMES}
+        stateful = (torch.Tensor, Cache, ModelOutput, tuple)
+        if any(isinstance(value, stateful) and key not in known for key, value in model_kwargs.items()):
+            return False
+        if not isinstance(model_kwargs.get("encoder_outputs"), ModelOutput):
+            return False
+        cache = _cache_of(model_kwargs)
+        if cache is None:
+            return True
+        if not isinstance(cache, EncoderDecoderCache):
+            return False
+        parts = (cache.self_attention_cache, cache.cross_attention_cache)
+        return all(type(layer) is DynamicLayer for part in parts for layer in part.layers)
+
+    @staticmethod
+    def _drop_sentences(
+        model_kwargs: dict, beam_idx: torch.Tensor, decoding: torch.Tensor, finished: torch.Tensor, num_beams: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Stops running the model for the sentences `finished_for_good`, as fairseq's beam search does: with the
+        lengths of real sentences, half a batch's rows were finished ones (val of Multi30k, batches of 64).
+
+        `decoding` (B,) marks the sentences the model ran at the last step. Returns the rows it runs next (None:
+        all), `beam_idx` (the flat beams' new order) as positions among the rows it ran, to reorder and cut the
+        self-attention cache at once, and the new `decoding`. The per-sentence state is cut here."""
+        still = decoding & ~finished
+        if bool(still.all()):
+            return None, beam_idx, decoding
+        if not torch.equal(still, decoding):
+            kept = (decoding.cumsum(0) - 1)[still]  # positions among the sentences the model ran
+            encoder_outputs = model_kwargs["encoder_outputs"]
+            model_kwargs["encoder_outputs"] = type(encoder_outputs)(
+                **{key: _select_sentences(value, kept) for key, value in encoder_outputs.items()}
+            )
+            if model_kwargs.get("attention_mask") is not None:
+                model_kwargs["attention_mask"] = model_kwargs["attention_mask"][kept]
+            if (cache := _cache_of(model_kwargs)) is not None:
+                cache.cross_attention_cache.batch_select_indices(kept)
+        position = decoding.repeat_interleave(num_beams).cumsum(0) - 1  # a row's position among the rows run
+        rows = still.repeat_interleave(num_beams).nonzero().squeeze(1)
+        return rows, position[beam_idx[rows]], still
 
     def _gnmt_rescale(self, log_probs: torch.Tensor, length: int) -> torch.Tensor:
         """Multiply by |Y|^alpha / lp(Y), so that transformers' division by |Y|^alpha leaves log P / lp(Y)."""

@@ -8,10 +8,13 @@ import pytest
 import torch
 from conftest import make_tiny_model
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
 
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
     CHUNKED_TOPK_MIN_SCORES,
     PAPER_DECODING,
+    VanillaTransformerForConditionalGeneration,
     best_continuations,
     gnmt_length_penalty,
     row_topk,
@@ -253,10 +256,12 @@ def test_best_continuations_equal_the_top_of_all_beam_sums():
         {"num_beams": 4, "length_penalty_form": "hf", "early_stopping": True},
         {"num_beams": 3, "early_stopping": False, "num_return_sequences": 2},
         {"num_beams": 2, "use_cache": False, "length_penalty": 1.5},
+        {"num_beams": 4, "early_stopping": "never"},
     ],
 )
 def test_ranked_beam_search_returns_transformers_sequences(kwargs):
-    """Padded sources of many lengths, hypotheses finishing early or at the source-length limit."""
+    """Padded sources of many lengths, hypotheses finishing early or at the source-length limit; the sentences
+    whose hypotheses are final leave the decoder's batch (`_drop_sentences`), in transformers' loop they stay."""
     model = make_tiny_model()
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(4, 60, (6, 9), generator=generator)
@@ -264,13 +269,32 @@ def test_ranked_beam_search_returns_transformers_sequences(kwargs):
         input_ids[row, length - 1], input_ids[row, length:] = EOS, 0
     inputs = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "max_length_offset": 6, **kwargs}
     processors = LogitsProcessorList([FavourEndOfSentence()])
+    rows = []  # the decoder's batch at each step
+    record = lambda _, args: rows.append(args[0].shape[0])  # noqa: E731 (decoder_input_ids)
+    model.model.decoder.register_forward_pre_hook(record)
     with mock.patch.object(GenerationMixin, "_beam_search", side_effect=AssertionError("transformers' loop ran")):
         ranked = model.generate(**inputs, logits_processor=processors)
+    ranked_rows, rows[:] = rows[:], []
     theirs = model.generate(**inputs, logits_processor=processors, return_dict_in_generate=True).sequences
     assert torch.equal(ranked, theirs)
+    num_beams = kwargs["num_beams"]
+    assert set(rows) == {6 * num_beams}  # transformers' loop: every sentence to the end
+    assert ranked_rows[0] == 6 * num_beams and len(set(ranked_rows)) >= 4  # sentences left at several steps
+    assert ranked_rows == sorted(ranked_rows, reverse=True) and all(n % num_beams == 0 for n in ranked_rows)
     lengths = (ranked != 0).sum(-1)[:: kwargs.get("num_return_sequences", 1)]
     limits = torch.tensor([length + 6 + 1 for length in (9, 7, 5, 9, 3, 6)])  # + the decoder start
     assert (lengths < limits).any() and (lengths == limits).any()  # some finished early, some at the limit
+
+
+def test_sentences_leave_the_batch_only_where_their_whole_state_can_be_cut():
+    cut = VanillaTransformerForConditionalGeneration._can_drop_sentences
+    state = {"encoder_outputs": BaseModelOutput(last_hidden_state=torch.zeros(2, 3, 4)), "use_cache": True}
+    state["attention_mask"] = torch.ones(2, 3, dtype=torch.long)
+    assert cut(state)  # without a cache (use_cache=False)
+    assert cut({**state, "cache": EncoderDecoderCache(DynamicCache(), DynamicCache())})
+    assert not cut({**state, "cache": DynamicCache()})  # not an encoder-decoder cache
+    assert not cut({**state, "decoder_attention_mask": torch.ones(8, 1, dtype=torch.long)})  # a tensor it cannot cut
+    assert not cut({**state, "encoder_outputs": (torch.zeros(2, 3, 4),)})  # a plain tuple
 
 
 class ScriptedScores(LogitsProcessor):
