@@ -22,6 +22,7 @@ from conftest import REPO, gz_lines, script
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.batching import batch_by_tokens
 from hf_vanilla_transformer.cli import (
     GenerationArguments,
@@ -365,6 +366,35 @@ def test_translate_script_from_file_and_stdin(corpus, run, tmp_path, monkeypatch
     capsys.readouterr()
     translate.main(flags(options))
     assert capsys.readouterr().out == f"{expected[0]}\n{expected[3]}\n"
+
+
+def test_real_sentences_benchmark_compares_equal_searches_with_marian(corpus, run, tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import real_sentences  # noqa: PLC0415 (benchmarks/ is not a package)
+
+    model_class = VanillaTransformerForConditionalGeneration
+    drop, dropped = model_class._drop_sentences, []
+
+    def spy(*args):
+        rows, *rest = drop(*args)
+        dropped.append(rows is not None)
+        return rows, *rest
+
+    output = tmp_path / "out"  # made by the script
+    argv = [str(run / "averaged"), "--dataset", str(corpus), "--batch_size", "4", "--repetitions", "2"]
+    argv += ["--output_json", str(output / "r.json"), "--output_md", str(output / "r.md")]
+    with mock.patch.object(model_class, "_drop_sentences", staticmethod(spy)):
+        result = real_sentences.main(argv)
+    assert any(dropped)  # sentences did leave the batch
+    rows = {row["name"]: row for row in result["rows"]}
+    assert list(rows) == ["ours", "ours_all_rows", "marian", "ours_paper"]
+    # the same weights and the same search: the same translations, sentences dropped from the batch or not
+    assert rows["ours"]["same_as_marian"] == rows["ours_all_rows"]["same_as_marian"] == SIZES["val"]
+    assert all(len(row["seconds"]) == 2 for row in rows.values()) and rows["marian"]["x_marian"] == 1.0
+    assert json.loads((output / "r.json").read_text()) == result
+    assert f"| ours | {rows['ours']['median_seconds']:.2f} |" in (output / "r.md").read_text()
+    with pytest.raises(SystemExit):
+        real_sentences.parse_args([str(run / "averaged"), "--batch_size", "0"])
 
 
 def test_decoding_on_cpu_keeps_freed_blocks_for_reuse(run, tmp_path):
