@@ -1075,6 +1075,70 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         cache.self_attention_cache.reorder_cache(beam_idx)
         return cache
 
+    def _sample(
+        self,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        synced_gpus=False,
+        streamer=None,
+        **model_kwargs,
+    ):
+        """Greedy decoding on the CPU through `_greedy_search`; sampling, streaming, outputs beyond the sequences
+        (`return_dict_in_generate`), synchronised GPUs and other devices through transformers' own loop. (On a GPU
+        transformers' loop checks for the end without waiting for the device at every step, which ours, deciding
+        which sentences leave, cannot.)"""
+        stock = generation_config.do_sample or generation_config.return_dict_in_generate or synced_gpus or streamer
+        if stock or input_ids.device.type != "cpu":
+            search = (input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, streamer)
+            return super()._sample(*search, **model_kwargs)
+        return self._greedy_search(input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs)
+
+    def _greedy_search(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
+        """transformers' greedy loop (`GenerationMixin._sample` without sampling), returning the same sequences,
+        except that a finished sentence leaves the decoder's batch (`_drop_sentences`) instead of being fed
+        padding to the end: transformers has no way to do that. Its later tokens are padding in both loops."""
+        pad_token_id = generation_config._pad_token_tensor
+        pads = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)  # as transformers
+        batch_size = input_ids.shape[0]
+        unfinished = torch.ones(batch_size, dtype=torch.long, device=input_ids.device)
+        decoding = torch.ones(batch_size, dtype=torch.bool, device=input_ids.device)
+        every_row = torch.arange(batch_size, device=input_ids.device)
+        rows = scores = can_drop = None
+        outputs = self._prefill(
+            input_ids, generation_config, model_kwargs, is_first_iteration=not generation_config.is_assistant
+        )
+        while True:
+            model_kwargs = self._update_model_kwargs_for_generation(outputs, model_kwargs, True)
+            logits = outputs.logits[:, -1].to(device=input_ids.device, dtype=torch.float32)
+            del outputs  # the model's logits are not kept through the next forward pass
+            if rows is None:
+                scores = logits.clone()  # the logits processors may write into it
+            else:  # finished sentences' rows keep stale scores: their next token is padding
+                scores.index_copy_(0, rows, logits)
+            next_tokens = logits_processor(input_ids, scores).argmax(dim=-1)
+            if pads:
+                next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
+            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+            unfinished = unfinished & ~stopping_criteria(input_ids, None)
+            if not bool(unfinished.any()):
+                break
+            if can_drop is None:
+                can_drop = pads and self._can_drop_sentences(model_kwargs)
+            finished = unfinished == 0
+            if can_drop and bool((finished & decoding).any()):
+                rows, kept, decoding = self._drop_sentences(model_kwargs, every_row, decoding, finished, 1)
+                if (cache := _cache_of(model_kwargs)) is not None:
+                    cache.self_attention_cache.batch_select_indices(kept)
+            model_inputs = self.prepare_inputs_for_generation(
+                input_ids if rows is None else input_ids[rows],
+                next_sequence_length=1 if model_kwargs["use_cache"] else None,
+                **model_kwargs,
+            )
+            outputs = self(**model_inputs, return_dict=True)
+        return input_ids
+
     def _beam_search(
         self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, **model_kwargs
     ):

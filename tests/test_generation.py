@@ -286,6 +286,43 @@ def test_ranked_beam_search_returns_transformers_sequences(kwargs):
     assert (lengths < limits).any() and (lengths == limits).any()  # some finished early, some at the limit
 
 
+class EndEvenRowsEarly(LogitsProcessor):
+    """Raises </s> for row r (even) once it has r + 2 tokens: some sentences end early, the others at their limit."""
+
+    def __call__(self, input_ids, scores):
+        rows = torch.arange(scores.shape[0])
+        scores[(input_ids.shape[1] == rows + 3) & (rows % 2 == 0), EOS] += 100.0
+        return scores
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"use_cache": False}, {"min_new_tokens": 3, "no_repeat_ngram_size": 2}, {"max_length_offset": 2}]
+)
+def test_greedy_search_returns_transformers_sequences(kwargs):
+    """Finished sentences leave the decoder's batch (`_greedy_search`); in transformers' loop they are fed padding."""
+    model = make_tiny_model()
+    generator = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(4, 60, (6, 9), generator=generator)
+    for row, length in enumerate((9, 7, 5, 9, 3, 6)):
+        input_ids[row, length - 1], input_ids[row, length:] = EOS, 0
+    inputs = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "num_beams": 1, **kwargs}
+    inputs.setdefault("max_length_offset", 6)
+    processors = LogitsProcessorList([EndEvenRowsEarly()])
+    rows = []  # the decoder's batch at each step
+    model.model.decoder.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
+    with mock.patch.object(GenerationMixin, "_sample", side_effect=AssertionError("transformers' loop ran")):
+        ours = model.generate(**inputs, logits_processor=processors)
+    our_rows, rows[:] = rows[:], []
+    theirs = model.generate(**inputs, logits_processor=processors, return_dict_in_generate=True).sequences
+    assert torch.equal(ours, theirs)
+    assert set(rows) == {6} and our_rows[0] == 6 and len(set(our_rows)) >= 3  # sentences left at several steps
+    assert our_rows == sorted(our_rows, reverse=True)
+    lengths = (ours != 0).sum(-1)
+    limits = torch.tensor([length + inputs["max_length_offset"] + 1 for length in (9, 7, 5, 9, 3, 6)])
+    assert ((ours == EOS).sum(-1) == 1).all()  # each ended by </s>
+    assert (lengths < limits).any() and (lengths == limits).any()  # some early, some at the source-length limit
+
+
 def test_sentences_leave_the_batch_only_where_their_whole_state_can_be_cut():
     cut = VanillaTransformerForConditionalGeneration._can_drop_sentences
     state = {"encoder_outputs": BaseModelOutput(last_hidden_state=torch.zeros(2, 3, 4)), "use_cache": True}
