@@ -221,6 +221,31 @@ class FavourEndOfSentence(LogitsProcessor):
         return scores
 
 
+SOURCE_LENGTHS = (9, 7, 5, 9, 3, 6)
+
+
+def padded_sources(seed: int) -> dict[str, torch.Tensor]:
+    """Six random sources of `SOURCE_LENGTHS` tokens (</s> last), padded."""
+    input_ids = torch.randint(4, 60, (6, 9), generator=torch.Generator().manual_seed(seed))
+    for row, length in enumerate(SOURCE_LENGTHS):
+        input_ids[row, length - 1], input_ids[row, length:] = EOS, 0
+    return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
+
+
+def both_loops(model, inputs: dict, processor: LogitsProcessor, stock: str) -> tuple:
+    """The sequences of our loop (transformers' method `stock` must not run) and of transformers' loop (taken
+    for `return_dict_in_generate`), each with the decoder's batch at each of its steps."""
+    rows = []
+    model.model.decoder.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
+    processors = LogitsProcessorList([processor])
+    with mock.patch.object(GenerationMixin, stock, side_effect=AssertionError("transformers' loop ran")):
+        ours = model.generate(**inputs, logits_processor=processors)
+    our_rows = rows.copy()
+    rows.clear()
+    theirs = model.generate(**inputs, logits_processor=processors, return_dict_in_generate=True).sequences
+    return ours, our_rows, theirs, rows
+
+
 @pytest.mark.parametrize("vocab", [10000, 9993])  # in whole chunks, and with a shorter last chunk
 def test_row_topk_equals_torch_topk(vocab):
     scores = torch.randn(128, vocab, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
@@ -262,27 +287,15 @@ def test_best_continuations_equal_the_top_of_all_beam_sums():
 def test_ranked_beam_search_returns_transformers_sequences(kwargs):
     """Padded sources of many lengths, hypotheses finishing early or at the source-length limit; the sentences
     whose hypotheses are final leave the decoder's batch (`_drop_sentences`), in transformers' loop they stay."""
-    model = make_tiny_model()
-    generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(4, 60, (6, 9), generator=generator)
-    for row, length in enumerate((9, 7, 5, 9, 3, 6)):
-        input_ids[row, length - 1], input_ids[row, length:] = EOS, 0
-    inputs = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "max_length_offset": 6, **kwargs}
-    processors = LogitsProcessorList([FavourEndOfSentence()])
-    rows = []  # the decoder's batch at each step
-    record = lambda _, args: rows.append(args[0].shape[0])  # noqa: E731 (decoder_input_ids)
-    model.model.decoder.register_forward_pre_hook(record)
-    with mock.patch.object(GenerationMixin, "_beam_search", side_effect=AssertionError("transformers' loop ran")):
-        ranked = model.generate(**inputs, logits_processor=processors)
-    ranked_rows, rows[:] = rows[:], []
-    theirs = model.generate(**inputs, logits_processor=processors, return_dict_in_generate=True).sequences
+    inputs = {**padded_sources(seed=1), "max_length_offset": 6, **kwargs}
+    ranked, ranked_rows, theirs, rows = both_loops(make_tiny_model(), inputs, FavourEndOfSentence(), "_beam_search")
     assert torch.equal(ranked, theirs)
     num_beams = kwargs["num_beams"]
     assert set(rows) == {6 * num_beams}  # transformers' loop: every sentence to the end
     assert ranked_rows[0] == 6 * num_beams and len(set(ranked_rows)) >= 4  # sentences left at several steps
     assert ranked_rows == sorted(ranked_rows, reverse=True) and all(n % num_beams == 0 for n in ranked_rows)
     lengths = (ranked != 0).sum(-1)[:: kwargs.get("num_return_sequences", 1)]
-    limits = torch.tensor([length + 6 + 1 for length in (9, 7, 5, 9, 3, 6)])  # + the decoder start
+    limits = torch.tensor([length + 6 + 1 for length in SOURCE_LENGTHS])  # + the decoder start
     assert (lengths < limits).any() and (lengths == limits).any()  # some finished early, some at the limit
 
 
@@ -300,25 +313,13 @@ class EndEvenRowsEarly(LogitsProcessor):
 )
 def test_greedy_search_returns_transformers_sequences(kwargs):
     """Finished sentences leave the decoder's batch (`_greedy_search`); in transformers' loop they are fed padding."""
-    model = make_tiny_model()
-    generator = torch.Generator().manual_seed(2)
-    input_ids = torch.randint(4, 60, (6, 9), generator=generator)
-    for row, length in enumerate((9, 7, 5, 9, 3, 6)):
-        input_ids[row, length - 1], input_ids[row, length:] = EOS, 0
-    inputs = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "num_beams": 1, **kwargs}
-    inputs.setdefault("max_length_offset", 6)
-    processors = LogitsProcessorList([EndEvenRowsEarly()])
-    rows = []  # the decoder's batch at each step
-    model.model.decoder.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
-    with mock.patch.object(GenerationMixin, "_sample", side_effect=AssertionError("transformers' loop ran")):
-        ours = model.generate(**inputs, logits_processor=processors)
-    our_rows, rows[:] = rows[:], []
-    theirs = model.generate(**inputs, logits_processor=processors, return_dict_in_generate=True).sequences
+    inputs = {**padded_sources(seed=2), "num_beams": 1, "max_length_offset": 6, **kwargs}
+    ours, our_rows, theirs, rows = both_loops(make_tiny_model(), inputs, EndEvenRowsEarly(), "_sample")
     assert torch.equal(ours, theirs)
     assert set(rows) == {6} and our_rows[0] == 6 and len(set(our_rows)) >= 3  # sentences left at several steps
     assert our_rows == sorted(our_rows, reverse=True)
     lengths = (ours != 0).sum(-1)
-    limits = torch.tensor([length + inputs["max_length_offset"] + 1 for length in (9, 7, 5, 9, 3, 6)])
+    limits = torch.tensor([length + inputs["max_length_offset"] + 1 for length in SOURCE_LENGTHS])
     assert ((ours == EOS).sum(-1) == 1).all()  # each ended by </s>
     assert (lengths < limits).any() and (lengths == limits).any()  # some early, some at the source-length limit
 
