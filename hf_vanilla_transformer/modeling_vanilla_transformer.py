@@ -1317,9 +1317,10 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def _drop_sentences(
         model_kwargs: dict, beam_idx: torch.Tensor, decoding: torch.Tensor, finished: torch.Tensor, num_beams: int
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Stops running the model for the sentences `finished_for_good`, as fairseq's beam search does: with the
-        lengths of real sentences, half a batch's rows were finished ones (val of Multi30k, batches of 64), and
-        beam 4 ran 1.31-1.48x faster without them (`benchmarks/real_sentences.py`, benchmarks/RESULTS.md).
+        """Stops running the model for the sentences `finished` (in beam search `finished_for_good`; in greedy
+        search, ended), as fairseq's beam search does: with the lengths of real sentences, half a batch's rows were
+        finished ones (val of Multi30k, batches of 64), and beam 4 ran 1.31-1.48x faster without them, greedy
+        1.01-1.29x (`benchmarks/real_sentences.py`, benchmarks/RESULTS.md).
 
         `decoding` (B,) marks the sentences the model ran at the last step. Returns the rows it runs next (None:
         all), `beam_idx` (the flat beams' new order) as positions among the rows it ran, to reorder and cut the
