@@ -56,6 +56,19 @@ def test_cuda_generate_equals_cpu_generate(batch, kwargs):
     assert torch.equal(cuda.cpu(), cpu)
 
 
+def test_cuda_beam_search_drops_finished_sentences_and_greedy_stays_transformers():
+    """On CUDA our beam search returns transformers' sequences with finished sentences leaving the decoder's batch,
+    as on the CPU (`tests/test_generation.py`); greedy search runs transformers' loop, every sentence to the end."""
+    from test_generation import FavourEndOfSentence, both_loops, padded_sources  # noqa: PLC0415
+
+    model = make_tiny_model().to("cuda")
+    for num_beams in (4, 1):  # (in greedy search transformers' `_beam_search` is never called anyway)
+        inputs = {**on("cuda", padded_sources(seed=1)), "max_length_offset": 6, "num_beams": num_beams}
+        ours, our_rows, theirs, rows = both_loops(model, inputs, FavourEndOfSentence(), "_beam_search")
+        assert torch.equal(ours, theirs) and set(rows) == {6 * num_beams}
+        assert len(set(our_rows)) >= 4 if num_beams > 1 else set(our_rows) == {6}
+
+
 def test_cuda_cache_and_no_cache_generate_the_same(batch):
     model = make_tiny_model(init_std=0.5).to("cuda")
     sources = on("cuda", {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
