@@ -77,7 +77,11 @@ DECODINGS = {
         "length_penalty_form": "gnmt",
         "early_stopping": "never",  # §6.1's "terminate early when possible" (no effect at a forced output length)
     },
+    # beam4 with real-like output lengths: each sentence ends as long as its source (10-30 tokens), so that a batch
+    # holds finished sentences while others still decode, as in real translation (ours and Marian only)
+    "beam4_lengths": {"num_beams": 4, "do_sample": False, "length_penalty": 1.0, "early_stopping": True},
 }
+VARIED_LENGTHS = "beam4_lengths"
 
 
 # --- settings and sizes ----------------------------------------------------------------------------------------
@@ -631,7 +635,7 @@ class ThroughputResult:
     decoding: str
     sentences: int
     batch_size: int
-    output_length: int
+    output_length: int | None  # None: each sentence as long as its source (`VARIED_LENGTHS`)
     seconds: float
     sentences_per_s: float
     vs_marian: float | None = None
@@ -672,20 +676,40 @@ class SuppressEndOfSentence(LogitsProcessor):
         return scores
 
 
+class EndAtSourceLength(LogitsProcessor):
+    """Forces `VARIED_LENGTHS`' output lengths: sentence i gets as many tokens as its source (its </s> included),
+    </s> masked before the last and forced as the last, for each of its rows (beams), in place."""
+
+    def __init__(self, lengths: torch.Tensor):
+        self.lengths = lengths  # (B,)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows_per_sentence = input_ids.shape[0] // self.lengths.shape[0]
+        last = self.lengths.repeat_interleave(rows_per_sentence) <= input_ids.shape[1]  # the next token is the last
+        scores[~last, EOS] = -math.inf
+        scores[last] = -math.inf
+        scores[last, EOS] = 0.0
+        return scores
+
+
 def hf_engine(name: str, model: nn.Module, settings: Settings, decodings: tuple[str, ...]) -> Engine:
     our_model = isinstance(model, VanillaTransformerForConditionalGeneration)
 
     def translate(sources: list[list[int]], decoding: str) -> torch.Tensor:
         kwargs = dict(DECODINGS[decoding])
-        if our_model and decoding == "beam4":
+        if our_model and decoding in ("beam4", VARIED_LENGTHS):
             kwargs["length_penalty_form"] = "hf"  # the same scoring as Marian's
         input_ids = pad(sources).to(settings.device)
+        if decoding == VARIED_LENGTHS:
+            length = EndAtSourceLength(torch.tensor([len(source) for source in sources], device=settings.device))
+        else:
+            length = SuppressEndOfSentence()
         with torch.inference_mode(), autocast(settings):
             return model.generate(
                 input_ids=input_ids,
                 attention_mask=(input_ids != PAD).long(),
                 max_new_tokens=settings.output_length,
-                logits_processor=LogitsProcessorList([SuppressEndOfSentence()]),
+                logits_processor=LogitsProcessorList([length]),
                 **kwargs,
             )
 
@@ -815,7 +839,7 @@ def measure_throughput(
                     decoding=decoding,
                     sentences=sentences,
                     batch_size=settings.batch_size,
-                    output_length=settings.output_length,
+                    output_length=None if decoding == VARIED_LENGTHS else settings.output_length,
                     seconds=sum(seconds),
                     sentences_per_s=sentences / sum(seconds),
                 )
@@ -870,7 +894,7 @@ def benchmark_inference(size: str, models: dict[str, nn.Module], settings: Setti
             model.to(settings.device).eval()
         engines = [
             hf_engine("ours", models["ours"], settings, tuple(DECODINGS)),
-            hf_engine("marian", models["marian"], settings, ("greedy", "beam4")),
+            hf_engine("marian", models["marian"], settings, ("greedy", "beam4", VARIED_LENGTHS)),
             torch_nn_engine(models["torch_nn"], settings),
             *ctranslate2_rows,
         ]
@@ -1041,7 +1065,7 @@ def markdown(report: Report) -> str:
         ]
     lines += _table(
         f"Translation throughput: batches of {settings['batch_size']}, every output {settings['output_length']} "
-        "tokens",
+        f"tokens ({VARIED_LENGTHS}: as long as its source, 10-30)",
         ["size", "engine", "decoding", "sentences/s", "× Marian"],
         [
             [r.size, r.engine, r.decoding, _number(r.sentences_per_s), _number(r.vs_marian, 2)]

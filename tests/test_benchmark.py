@@ -113,6 +113,23 @@ def test_forced_length_decodes_as_min_new_tokens_does_without_its_copies(ours, c
     assert torch.equal(generated, expected)
 
 
+def test_varied_lengths_end_each_sentence_as_long_as_its_source_in_both_models(ours, config):
+    """`beam4_lengths`: the same work for ours and Marian, whatever their weights predict; ours drops the sentences
+    that ended from its batch (and so does less work per step), Marian keeps them to the end."""
+    settings = benchmark.Settings(sizes={"micro": config})
+    generator = torch.Generator().manual_seed(3)
+    sources = benchmark.sentences_of_lengths([12, 4, 9, 6], config.vocab_size, generator)
+    marian = marian_with_our_weights(ours, our_positions=True)
+    rows = []
+    ours.model.decoder.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
+    for name, model in (("ours", ours), ("marian", marian)):
+        generated = benchmark.hf_engine(name, model, settings, ("beam4_lengths",)).translate(sources, "beam4_lengths")
+        for row, length in zip(generated, [12, 4, 9, 6], strict=True):  # after the decoder start: length tokens
+            tokens = row[1 : 1 + length].tolist()  # (Marian then fills the row with </s>, ours with padding)
+            assert tokens[-1] == benchmark.EOS and not {benchmark.EOS, benchmark.PAD} & set(tokens[:-1]), name
+    assert rows[0] == 16 and rows[-1] == 4 and rows == sorted(rows, reverse=True)  # ours: sentences left
+
+
 def test_torch_transformer_peer_puts_dropout_where_we_do():
     config = VanillaTransformerConfig(**TINY, dropout=0.3, attention_dropout=0.1, activation_dropout=0.2)
     peer = benchmark.TorchTransformerTranslator(config)
@@ -247,9 +264,11 @@ def test_quick_run_on_a_micro_size_reports_every_model_engine_and_decoding(tmp_p
     assert {e for e, d in throughput if d == "greedy"} == engines
     assert {e for e, d in throughput if d == "beam4"} == engines - {"torch_nn"}
     assert {e for e, d in throughput if d == "beam4_gnmt"} == {"ours"}
-    assert all(row["sentences"] == 32 and row["output_length"] == 40 for row in report["throughput"])
+    assert {e for e, d in throughput if d == "beam4_lengths"} == {"ours", "marian"}
+    for row in report["throughput"]:
+        assert row["sentences"] == 32 and row["output_length"] == (None if row["decoding"] == "beam4_lengths" else 40)
     latency = {(row["engine"], row["decoding"]) for row in report["latency"]}
-    assert latency == throughput - {("ours", "beam4_gnmt")}
+    assert latency == throughput - {("ours", "beam4_gnmt"), ("ours", "beam4_lengths"), ("marian", "beam4_lengths")}
     markdown = md_path.read_text()
     assert "| micro | ct2_marian_int8 | beam4 |" in markdown and "## Single-sentence latency" in markdown
 
@@ -320,7 +339,7 @@ def test_skip_training_measures_inference_only(tmp_path):
     args = ["--quick", "--sizes", MICRO, "--vocab_size", "64", "--skip_training", "--output_md", str(md_path)]
     report = benchmark.main(args)
     assert report.training == [] and report.padding == {}
-    assert {row.decoding for row in report.throughput} == {"greedy", "beam4", "beam4_gnmt"}
+    assert {row.decoding for row in report.throughput} == {"greedy", "beam4", "beam4_gnmt", "beam4_lengths"}
     markdown = md_path.read_text()
     assert "## Training" not in markdown and "Padded / real" not in markdown and "## Translation" in markdown
     with pytest.raises(ValueError, match="--skip_training and --skip_inference together leave nothing to measure"):
