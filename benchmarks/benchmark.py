@@ -66,6 +66,7 @@ MARIAN = "marian"
 FOOTPRINT_STEPS = 2  # the second step is the peak: Adam state, gradients and activations all live at once
 # Dense bf16 peak of the datasheets (SXM parts), for model FLOPs utilisation; --peak_tflops overrides.
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+VARIED_LENGTHS = "beam4_lengths"
 DECODINGS = {
     "greedy": {"num_beams": 1, "do_sample": False},
     "beam4": {"num_beams": 4, "do_sample": False, "length_penalty": 1.0, "early_stopping": True},
@@ -79,9 +80,8 @@ DECODINGS = {
     },
     # beam4 with real-like output lengths: each sentence ends as long as its source (10-30 tokens), so that a batch
     # holds finished sentences while others still decode, as in real translation (ours and Marian only)
-    "beam4_lengths": {"num_beams": 4, "do_sample": False, "length_penalty": 1.0, "early_stopping": True},
+    VARIED_LENGTHS: {"num_beams": 4, "do_sample": False, "length_penalty": 1.0, "early_stopping": True},
 }
-VARIED_LENGTHS = "beam4_lengths"
 
 
 # --- settings and sizes ----------------------------------------------------------------------------------------
