@@ -1124,13 +1124,13 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             unfinished = unfinished & ~stopping_criteria(input_ids, None)
             if not bool(unfinished.any()):
                 break
-            if can_drop is None:
+            if can_drop is None:  # (without padding, transformers keeps writing finished rows' own tokens)
                 can_drop = pads and self._can_drop_sentences(model_kwargs)
             finished = unfinished == 0
             if can_drop and bool((finished & decoding).any()):
                 rows, kept, decoding = self._drop_sentences(model_kwargs, every_row, decoding, finished, 1)
                 if (cache := _cache_of(model_kwargs)) is not None:
-                    cache.self_attention_cache.batch_select_indices(kept)
+                    self._reorder_cache(cache, kept)  # cuts the self-attention cache, as in beam search
             model_inputs = self.prepare_inputs_for_generation(
                 input_ids if rows is None else input_ids[rows],
                 next_sequence_length=1 if model_kwargs["use_cache"] else None,
@@ -1143,9 +1143,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, **model_kwargs
     ):
         """Beam search (§6.1): `_ranked_beam_search`, or transformers' own loop where outputs beyond the sequences
-        (`return_dict_in_generate`), sampling or synchronised GPUs are asked for. Both score finished hypotheses
-        with the penalty of `length_penalty_form`: transformers' log P / |Y|^alpha, which `_update_finished_beams`
-        and `_check_early_stop_heuristic` turn into GNMT's where the form is "gnmt"."""
+        (`return_dict_in_generate`), sampling, `low_memory` or synchronised GPUs are asked for. Both score
+        finished hypotheses with the penalty of `length_penalty_form`: transformers' log P / |Y|^alpha, which
+        `_update_finished_beams` and `_check_early_stop_heuristic` turn into GNMT's where the form is "gnmt"."""
         form = getattr(generation_config, "length_penalty_form", "hf")
         if form not in ("hf", "gnmt"):
             raise ValueError(f"`length_penalty_form` must be 'hf' or 'gnmt', got {form!r}.")
@@ -1168,11 +1168,11 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         """transformers' beam search loop (`GenerationMixin._beam_search`) and its helpers, returning the same
         sequences, with two (B*k, V) tensors a step fewer: no copy of the logits, and the continuations chosen by
         `best_continuations`; log-probabilities are written to one buffer kept for the call. The model stops
-        running the sentences whose hypotheses are final (`_drop_sentences`). Where candidates tie
-        exactly (common with bf16 logits), either loop may keep either: `topk` leaves the order of equal scores
-        unspecified, and the two loops call it on different tensors. Beam 4, 32 sentences
-        of 40 tokens, 2 threads: 1.07-1.17x as fast as transformers' loop at `tiny`, 1.02-1.18x at `small`, the
-        same at `base`, where the forward pass dominates (paired A/Bs, benchmarks/RESULTS.md)."""
+        running the sentences whose hypotheses are final (`_drop_sentences`). Where candidates tie exactly (common
+        with bf16 logits), either loop may keep either: `topk` leaves the order of equal scores unspecified, and
+        the two loops call it on different tensors. Beam 4, 32 sentences of 40 tokens, 2 threads: 1.07-1.17x as fast
+        as transformers' loop at `tiny`, 1.02-1.18x at `small`, the same at `base`, where the forward pass dominates
+        (paired A/Bs, benchmarks/RESULTS.md)."""
         config = generation_config
         num_beams, max_length, early_stopping = config.num_beams, config.max_length, config.early_stopping
         eos_token_id = config._eos_token_tensor

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
@@ -324,12 +324,16 @@ def test_greedy_search_returns_transformers_sequences(kwargs):
     assert (lengths < limits).any() and (lengths == limits).any()  # some early, some at the source-length limit
 
 
-def test_sentences_leave_the_batch_only_where_their_whole_state_can_be_cut():
+def test_sentences_leave_the_batch_only_where_their_whole_state_can_be_cut(tiny_config):
     cut = VanillaTransformerForConditionalGeneration._can_drop_sentences
     state = {"encoder_outputs": BaseModelOutput(last_hidden_state=torch.zeros(2, 3, 4)), "use_cache": True}
     state["attention_mask"] = torch.ones(2, 3, dtype=torch.long)
     assert cut(state)  # without a cache (use_cache=False)
-    assert cut({**state, "cache": EncoderDecoderCache(DynamicCache(), DynamicCache())})
+    dynamic = EncoderDecoderCache(DynamicCache(config=tiny_config), DynamicCache(config=tiny_config))
+    assert dynamic.self_attention_cache.layers  # one DynamicLayer per decoder layer
+    assert cut({**state, "cache": dynamic})
+    static = StaticCache(config=tiny_config, max_cache_len=8)  # of fixed batch size
+    assert not cut({**state, "cache": EncoderDecoderCache(static, DynamicCache(config=tiny_config))})
     assert not cut({**state, "cache": DynamicCache()})  # not an encoder-decoder cache
     assert not cut({**state, "decoder_attention_mask": torch.ones(8, 1, dtype=torch.long)})  # a tensor it cannot cut
     assert not cut({**state, "encoder_outputs": (torch.zeros(2, 3, 4),)})  # a plain tuple
