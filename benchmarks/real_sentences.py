@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--length_penalty", type=float, default=0.6)
-    parser.add_argument("--early_stopping", default="never", choices=["never", "true", "false"])
+    parser.add_argument("--early_stopping", default="never", choices=list(cli.EARLY_STOPPING))
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--output_json")
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be a positive integer, got {value}")
-    args.early_stopping = {"never": "never", "true": True, "false": False}[args.early_stopping]
+    args.early_stopping = cli.EARLY_STOPPING[args.early_stopping]
     return args
 
 

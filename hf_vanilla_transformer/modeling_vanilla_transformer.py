@@ -1277,9 +1277,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             if can_drop:
                 finished = finished_for_good(is_sent_finished, is_early_stop_heuristic_unsatisfied, early_stopping)
                 rows, beam_idx, decoding = self._drop_sentences(model_kwargs, beam_idx, decoding, finished, num_beams)
-            cache_key = next((key for key in ALL_CACHE_NAMES if key in model_kwargs), None)
-            if cache_key is not None:
-                model_kwargs[cache_key] = self._reorder_cache(model_kwargs[cache_key], beam_idx)
+            if (cache := _cache_of(model_kwargs)) is not None:
+                self._reorder_cache(cache, beam_idx)  # in place
             flat_running_sequences = self._flatten_beam_dim(running_sequences[:, :, :cur_len])
             model_inputs = self.prepare_inputs_for_generation(
                 flat_running_sequences if rows is None else flat_running_sequences[rows],
